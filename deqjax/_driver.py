@@ -1,0 +1,159 @@
+"""The one `lax.while_loop` that drives every solver.
+
+A solver only proposes steps (`init`, `update`); this loop evaluates the
+residual, keeps the lowest-residual iterate of every system, decides which
+systems stop and why (converged / step cap / non-finite / diverged), freezes
+the stopped ones and records the residual trace.
+
+All arrays are working matrices `[batch, n]` (see `_flat.FlatSpec`); a row is
+one independent system with its own stopping.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from deqjax._info import RUNNING, SolveInfo, Status
+
+# residual_fn(z) -> (g, scale): g = f(z) - z `[batch, n]`, scale = ||f(z)|| `[batch]`.
+ResidualFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+
+
+class Solver(Protocol):
+  """What a solver supplies to the driver. Directions are steps: z_next = z + direction."""
+
+  def init(self, z: jax.Array, g: jax.Array, max_iter: int) -> tuple[Any, jax.Array]:
+    """State and first direction from the initial guess z `[batch, n]` and g = f(z) - z."""
+
+  def update(
+      self, state: Any, z: jax.Array, g: jax.Array, dz: jax.Array, dg: jax.Array, active: jax.Array
+  ) -> tuple[Any, jax.Array]:
+    """New state and direction after a step dz that changed the residual by dg.
+
+    `active` `[batch]` marks the systems still iterating; the others must be
+    left untouched by the solver's memory (their direction is ignored).
+    """
+
+
+def row_norm(a: jax.Array) -> jax.Array:
+  """Euclidean norm of each row of `[batch, n]` -> `[batch]`."""
+  return jnp.sqrt(jnp.sum(jnp.square(a), axis=1))
+
+
+class _Carry(NamedTuple):
+  step: jax.Array  # int32 scalar, loop counter
+  z: jax.Array  # [batch, n] current iterate
+  g: jax.Array  # [batch, n] f(z) - z
+  direction: jax.Array  # [batch, n] next step
+  solver_state: Any
+  best_z: jax.Array  # [batch, n] lowest-residual iterate seen
+  best_residual: jax.Array  # [batch]
+  best_scale: jax.Array  # [batch] ||f(best_z)||
+  nstep: jax.Array  # [batch] int32
+  status: jax.Array  # [batch] int32, RUNNING while iterating
+  trace: jax.Array  # [batch, max_iter + 1]
+
+
+def _classify(residual, scale, initial_residual, tol, rtol, divergence_ratio):
+  """Status of each system after an evaluation: RUNNING or why it stops.
+
+  NaN compares false with everything, so non-finiteness is tested first and
+  explicitly: a NaN residual must never read as converged.
+  """
+  converged = (residual < tol + rtol * scale) | (residual == 0)
+  diverged = residual > divergence_ratio * initial_residual
+  return jnp.where(
+      ~jnp.isfinite(residual),
+      Status.NONFINITE,
+      jnp.where(diverged, Status.DIVERGED, jnp.where(converged, Status.CONVERGED, RUNNING)),
+  ).astype(jnp.int32)
+
+
+def solve(
+    residual_fn: ResidualFn,
+    z0: jax.Array,
+    solver: Solver,
+    *,
+    max_iter: int,
+    tol: float,
+    rtol: float,
+    divergence_ratio: float,
+) -> tuple[jax.Array, SolveInfo]:
+  """Iterates `solver` on `residual_fn` from `z0` `[batch, n]`.
+
+  Returns:
+    The lowest-residual iterate of each row `[batch, n]` and a batched
+    `SolveInfo` (fields `[batch]`, trace `[batch, max_iter + 1]`).
+  """
+  batch = z0.shape[0]
+  g0, scale0 = residual_fn(z0)
+  residual0 = row_norm(g0)
+  status0 = _classify(residual0, scale0, residual0, tol, rtol, divergence_ratio)
+  solver_state, direction0 = solver.init(z0, g0, max_iter)
+  trace0 = jnp.full((batch, max_iter + 1), -1.0, residual0.dtype).at[:, 0].set(residual0)
+
+  def cond(c: _Carry):
+    return (c.step < max_iter) & jnp.any(c.status == RUNNING)
+
+  def body(c: _Carry) -> _Carry:
+    active = c.status == RUNNING
+    active_col = active[:, None]
+    step = jnp.where(active_col, c.direction, 0)
+    z = c.z + step
+    g, scale = residual_fn(z)
+    # A frozen row keeps its residual even if f mixes rows (e.g. batch statistics).
+    g = jnp.where(active_col, g, c.g)
+    residual = row_norm(g)
+    improved = active & (residual < c.best_residual)
+    status = jnp.where(
+        active, _classify(residual, scale, residual0, tol, rtol, divergence_ratio), c.status
+    )
+    still_active = status == RUNNING
+    solver_state, direction = solver.update(c.solver_state, z, g, step, g - c.g, still_active)
+    return _Carry(
+        step=c.step + 1,
+        z=z,
+        g=g,
+        direction=direction,
+        solver_state=solver_state,
+        best_z=jnp.where(improved[:, None], z, c.best_z),
+        best_residual=jnp.where(improved, residual, c.best_residual),
+        best_scale=jnp.where(improved, scale, c.best_scale),
+        nstep=c.nstep + active.astype(jnp.int32),
+        status=status,
+        trace=c.trace.at[:, c.step + 1].set(jnp.where(active, residual, -1.0)),
+    )
+
+  # A NaN initial residual must not be beaten by nothing: start the best at +inf
+  # only where the initial residual is not finite.
+  best_residual0 = jnp.where(jnp.isfinite(residual0), residual0, jnp.inf)
+  carry = _Carry(
+      step=jnp.zeros((), jnp.int32),
+      z=z0,
+      g=g0,
+      direction=direction0,
+      solver_state=solver_state,
+      best_z=z0,
+      best_residual=best_residual0,
+      best_scale=scale0,
+      nstep=jnp.zeros((batch,), jnp.int32),
+      status=status0,
+      trace=trace0,
+  )
+  carry = lax.while_loop(cond, body, carry)
+  status = jnp.where(carry.status == RUNNING, Status.MAX_STEPS, carry.status).astype(jnp.int32)
+  residual = jnp.where(jnp.isfinite(carry.best_residual), carry.best_residual, residual0)
+  tiny = jnp.finfo(residual.dtype).tiny
+  info = SolveInfo(
+      nstep=carry.nstep,
+      residual=residual,
+      rel_residual=residual / jnp.maximum(carry.best_scale, tiny),
+      converged=status == Status.CONVERGED,
+      status=status,
+      trace=carry.trace,
+  )
+  return carry.best_z, info

@@ -1,0 +1,336 @@
+"""`fixed_point` and `root_find`: the public solves, and the custom VJP of the equilibrium."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from deqjax import _validation as checks
+from deqjax._driver import Solver, row_norm, solve
+from deqjax._flat import FlatSpec, make_spec
+from deqjax._info import BackwardStats, SolveInfo, Status, backward_probe, stats_from_info
+
+BACKWARDS = ("implicit", "phantom")
+
+
+@dataclasses.dataclass(frozen=True)
+class _SolveOptions:
+  solver: Solver
+  max_iter: int
+  tol: float
+  rtol: float
+  divergence_ratio: float
+
+  def run(self, residual_fn, z0_flat):
+    return solve(
+        residual_fn,
+        z0_flat,
+        self.solver,
+        max_iter=self.max_iter,
+        tol=self.tol,
+        rtol=self.rtol,
+        divergence_ratio=self.divergence_ratio,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+  forward: _SolveOptions
+  backward: str
+  backward_solve: _SolveOptions
+  phantom_steps: int
+  phantom_damping: float
+  spec: FlatSpec
+
+
+def _squeeze_info(info, batch_axis):
+  """Per-system fields: `[1]` -> scalar when there is no batch axis."""
+  if batch_axis is not None:
+    return info
+  return jax.tree.map(lambda a: a[0], info)
+
+
+def _fixed_point_residual(fn, params, x, consts, spec: FlatSpec):
+  """residual_fn for z = fn(params, z, x, *consts) on working matrices."""
+
+  def residual_fn(z_flat):
+    fz = spec.flatten(fn(params, spec.unflatten(z_flat), x, *consts))
+    return fz - z_flat, row_norm(fz)
+
+  return residual_fn
+
+
+def _forward(fn, options: _Options, params, x, z0, consts):
+  spec = options.spec
+  residual_fn = _fixed_point_residual(fn, params, x, consts, spec)
+  z_flat, info = options.forward.run(residual_fn, spec.flatten(z0))
+  return spec.unflatten(z_flat), info
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _equilibrium(fn, options: _Options, params, x, z0, consts, probe):
+  del probe
+  return _forward(fn, options, params, x, z0, consts)
+
+
+def _equilibrium_fwd(fn, options, params, x, z0, consts, probe):
+  del probe
+  z_star, info = _forward(fn, options, params, x, z0, consts)
+  # The initial guess is not kept: its gradient is exactly zero.
+  return (z_star, info), (params, x, consts, z_star)
+
+
+def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
+  # Implicit function theorem. Differentiating z* = f(theta, z*, x) gives
+  #   dz* = J dz* + (df/dtheta) dtheta,  J = df/dz at z*,
+  # so dz*/dtheta = (I - J)^{-1} df/dtheta and, for a loss l with z_bar = dl/dz*,
+  #   dl/dtheta = z_bar^T (I - J)^{-1} df/dtheta = w^T df/dtheta,
+  # where w^T = z_bar^T (I - J)^{-1}, i.e. w is the fixed point of
+  #   w^T = w^T J + z_bar^T.
+  # w^T J is one VJP of f at z*, so the adjoint is solved matrix-free with the
+  # same solvers (starting from w = z_bar), and the parameter and input
+  # gradients are one more VJP: (theta_bar, x_bar) = w^T df/d(theta, x).
+  spec = options.spec
+  _, vjp_z = jax.vjp(lambda z: fn(params, z, x, *consts), z_star)
+  z_bar_flat = spec.flatten(z_bar)
+
+  def residual_fn(w_flat):
+    (w_jac,) = vjp_z(spec.unflatten(w_flat))
+    h = spec.flatten(w_jac) + z_bar_flat
+    return h - w_flat, row_norm(h)
+
+  w_flat, info = options.backward_solve.run(residual_fn, z_bar_flat)
+  _, vjp_inputs = jax.vjp(lambda p, xx, c: fn(p, z_star, xx, *c), params, x, consts)
+  params_bar, x_bar, consts_bar = vjp_inputs(spec.unflatten(w_flat))
+  return params_bar, x_bar, consts_bar, stats_from_info(info)
+
+
+def _phantom_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
+  # Phantom gradient: differentiate k damped steps z <- (1 - lam) z + lam f(z)
+  # started from z* (held constant). k = 1, lam = 1 is the one-step
+  # (Jacobian-free) gradient z_bar^T df/dtheta at z*.
+  lam = options.phantom_damping
+
+  def unrolled(p, xx, c):
+    z = z_star
+    for _ in range(options.phantom_steps):
+      fz = fn(p, z, xx, *c)
+      z = jax.tree.map(lambda a, b: (1 - lam) * a + lam * b, z, fz) if lam != 1 else fz
+    return z
+
+  _, vjp_inputs = jax.vjp(unrolled, params, x, consts)
+  params_bar, x_bar, consts_bar = vjp_inputs(z_bar)
+  batch = options.spec.batch_size
+  zeros = jnp.zeros((batch,), jnp.float32)
+  stats = BackwardStats(
+      nstep=zeros, residual=zeros, rel_residual=zeros, converged=zeros + 1.0, status=zeros + float(Status.CONVERGED)
+  )
+  return params_bar, x_bar, consts_bar, stats
+
+
+def _equilibrium_bwd(fn, options: _Options, residuals, cotangents):
+  params, x, consts, z_star = residuals
+  z_bar, _ = cotangents
+  backward = _implicit_backward if options.backward == "implicit" else _phantom_backward
+  params_bar, x_bar, consts_bar, stats = backward(fn, options, params, x, consts, z_star, z_bar)
+  stats = _squeeze_info(stats, options.spec.batch_axis)
+  z0_bar = jax.tree.map(jnp.zeros_like, z_star)
+  return params_bar, x_bar, z0_bar, consts_bar, stats
+
+
+_equilibrium.defvjp(_equilibrium_fwd, _equilibrium_bwd)
+
+
+def fixed_point(
+    f: Callable[[Any, Any, Any], Any],
+    params: Any,
+    x: Any,
+    z0: Any = None,
+    *,
+    solver: str | Solver = "broyden",
+    max_iter: int = 30,
+    tol: float = 1e-6,
+    rtol: float = 1e-4,
+    batch_axis: int | None = None,
+    divergence_ratio: float = 1e6,
+    backward: str = "implicit",
+    backward_solver: str | Solver | None = None,
+    backward_max_iter: int = 40,
+    backward_tol: float = 1e-6,
+    backward_rtol: float = 1e-4,
+    phantom_steps: int = 1,
+    phantom_damping: float = 1.0,
+    backward_probe: BackwardStats | None = None,
+) -> tuple[Any, SolveInfo]:
+  r"""Finds z* = f(params, z*, x) and differentiates it implicitly.
+
+  .. math::
+     z^\star = f_\theta(z^\star; x), \qquad
+     \frac{d\ell}{d\theta} = w^\top \frac{\partial f}{\partial \theta}, \quad
+     w^\top = w^\top \frac{\partial f}{\partial z}\Big|_{z^\star} + \frac{\partial \ell}{\partial z^\star}.
+
+  The forward pass runs a solver inside one `lax.while_loop`; nothing from its
+  iterations is kept for the backward pass, so training memory is that of one
+  application of f. The initial guess `z0` receives an exactly zero gradient.
+
+  Args:
+    f: `f(params, z, x) -> z_next` with the structure, shapes and dtypes of `z`.
+      Values it closes over are differentiated too (they are hoisted into
+      explicit arguments by `jax.closure_convert`).
+    params: pytree of parameters (differentiated).
+    x: pytree input injection (differentiated).
+    z0: initial state; None means zeros shaped like `x` (pass `z0` whenever
+      the state differs from `x`). Floating-point leaves only.
+    solver: "broyden" (limited-memory good Broyden, lowest-residual iterate
+      returned), "anderson", "iteration", or an instance such as
+      `deqjax.Broyden(history=10)`.
+    max_iter: forward step cap (>= 1); always bounds the work.
+    tol: absolute tolerance on ||f(z) - z||_2 (per sample with `batch_axis`).
+    rtol: relative tolerance on ||f(z) - z||_2 / ||f(z)||_2. A system has
+      converged when its residual < tol + rtol * ||f(z)||_2 (or is exactly 0).
+    batch_axis: None solves the whole state as one system (one stopping rule,
+      one low-rank estimate). An int k treats index i along axis k of every
+      leaf of the state as an independent system: own low-rank estimate,
+      own residual, own stopping and own best iterate per sample, as the
+      reference implementation does. f itself is always called on the full
+      batch; it must not mix samples for the per-sample solve to be exact.
+    divergence_ratio: a residual above this multiple of the initial residual
+      stops the system with status DIVERGED.
+    backward: "implicit" (solve the adjoint fixed point) or "phantom" (damped
+      unrolled steps from z*).
+    backward_solver: solver of the adjoint system; None uses `solver`.
+    backward_max_iter: step cap of the adjoint solve (>= 1).
+    backward_tol: absolute tolerance of the adjoint solve.
+    backward_rtol: relative tolerance of the adjoint solve.
+    phantom_steps: number of unrolled steps k of the phantom backward (>= 1).
+    phantom_damping: damping lam in (0, 1] of the phantom steps.
+    backward_probe: optional `deqjax.backward_probe(...)`; the gradient with
+      respect to it is the `BackwardStats` of the backward pass.
+
+  Returns:
+    `(z_star, info)`: the equilibrium, shaped like `z0`, and a `SolveInfo`
+    (scalars, or `[batch]` fields when `batch_axis` is set).
+
+  Raises:
+    ValueError / TypeError at trace time for unknown solver or backward names,
+    bad caps or tolerances, an `f` whose output differs from `z` in
+    structure, shape or dtype, and forward-mode differentiation.
+
+  Example:
+    >>> import jax.numpy as jnp, deqjax
+    >>> f = lambda a, z, x: a * jnp.tanh(z) + x
+    >>> z, info = deqjax.fixed_point(f, 0.5, jnp.ones(3))
+    >>> bool(info.converged), bool(jnp.allclose(z, 0.5 * jnp.tanh(z) + 1, atol=1e-5))
+    (True, True)
+  """
+  forward = _SolveOptions(
+      solver=checks.resolve_solver(solver, "solver"),
+      max_iter=checks.check_max_iter(max_iter, "max_iter"),
+      tol=checks.check_tolerance(tol, "tol"),
+      rtol=checks.check_tolerance(rtol, "rtol"),
+      divergence_ratio=_check_divergence_ratio(divergence_ratio),
+  )
+  if backward not in BACKWARDS:
+    raise ValueError(f"Unknown backward={backward!r}; expected one of {list(BACKWARDS)}.")
+  backward_solve = _SolveOptions(
+      solver=checks.resolve_solver(solver if backward_solver is None else backward_solver, "backward_solver"),
+      max_iter=checks.check_max_iter(backward_max_iter, "backward_max_iter"),
+      tol=checks.check_tolerance(backward_tol, "backward_tol"),
+      rtol=checks.check_tolerance(backward_rtol, "backward_rtol"),
+      divergence_ratio=forward.divergence_ratio,
+  )
+  checks.check_max_iter(phantom_steps, "phantom_steps")
+  if not 0 < phantom_damping <= 1:
+    raise ValueError(f"phantom_damping must be in (0, 1]; got phantom_damping={phantom_damping!r}.")
+  batch_axis = checks.check_batch_axis(batch_axis)
+
+  if z0 is None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(x)[0]:
+      if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+        raise TypeError(
+            f"z0=None means zeros shaped like x, but x{jax.tree_util.keystr(path)} has dtype"
+            f" {jnp.result_type(leaf)} (shape {jnp.shape(leaf)}); pass a floating-point z0."
+        )
+    z0 = jax.tree.map(jnp.zeros_like, x)
+  spec = make_spec(z0, batch_axis, "z0")
+  checks.check_same_structure(jax.eval_shape(f, params, z0, x), z0, "f(params, z, x)", "z0")
+  checks.reject_forward_mode(params, x, z0)
+
+  probe = _check_probe(backward_probe, spec)
+  fn, consts = jax.closure_convert(f, params, z0, x)
+  checks.reject_forward_mode(consts)
+  options = _Options(forward, backward, backward_solve, phantom_steps, float(phantom_damping), spec)
+  z_star, info = _equilibrium(fn, options, params, x, z0, consts, probe)
+  return z_star, _squeeze_info(info, batch_axis)
+
+
+def _check_divergence_ratio(value) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1:
+    raise ValueError(f"divergence_ratio must be a number > 1; got divergence_ratio={value!r}.")
+  return float(value)
+
+
+def _check_probe(probe, spec: FlatSpec) -> BackwardStats:
+  expected = () if spec.batch_axis is None else (spec.batch_size,)
+  if probe is None:
+    return backward_probe(None if spec.batch_axis is None else spec.batch_size)
+  if not isinstance(probe, BackwardStats):
+    raise TypeError(f"backward_probe must come from deqjax.backward_probe(...); got {type(probe).__name__}.")
+  for name, leaf in zip(BackwardStats._fields, probe):
+    if jnp.shape(leaf) != expected or jnp.result_type(leaf) != jnp.float32:
+      raise ValueError(
+          f"backward_probe.{name} must be float32 with shape {expected} (batch_axis={spec.batch_axis});"
+          f" got {jnp.result_type(leaf)} {jnp.shape(leaf)}."
+      )
+  return probe
+
+
+def root_find(
+    g: Callable[[Any], Any],
+    z0: Any,
+    *,
+    solver: str | Solver = "broyden",
+    max_iter: int = 30,
+    tol: float = 1e-6,
+    rtol: float = 1e-4,
+    batch_axis: int | None = None,
+    divergence_ratio: float = 1e6,
+) -> tuple[Any, SolveInfo]:
+  """Finds z with g(z) = 0 using the fixed-point solvers (no custom gradient).
+
+  The solvers start from the inverse-Jacobian guess -I, i.e. they assume
+  dg/dz is near -I, as for g(z) = f(z) - z; rescale or negate g otherwise.
+  The relative residual is ||g(z)|| / ||z + g(z)|| (that of the implied map
+  f(z) = z + g(z)). Differentiating through `root_find` differentiates the
+  solver's iterations; use `fixed_point` for implicit gradients.
+
+  Args:
+    g: `g(z) -> residual` with the structure, shapes and dtypes of `z`.
+    z0: initial guess (pytree of floating arrays).
+    solver, max_iter, tol, rtol, batch_axis, divergence_ratio: as for
+      `fixed_point`.
+
+  Returns:
+    `(z, info)`: the lowest-residual iterate and its `SolveInfo`.
+  """
+  options = _SolveOptions(
+      solver=checks.resolve_solver(solver, "solver"),
+      max_iter=checks.check_max_iter(max_iter, "max_iter"),
+      tol=checks.check_tolerance(tol, "tol"),
+      rtol=checks.check_tolerance(rtol, "rtol"),
+      divergence_ratio=_check_divergence_ratio(divergence_ratio),
+  )
+  batch_axis = checks.check_batch_axis(batch_axis)
+  spec = make_spec(z0, batch_axis, "z0")
+  checks.check_same_structure(jax.eval_shape(g, z0), z0, "g(z)", "z0")
+
+  def residual_fn(z_flat):
+    gz = spec.flatten(g(spec.unflatten(z_flat)))
+    return gz, row_norm(z_flat + gz)
+
+  z_flat, info = options.run(residual_fn, spec.flatten(z0))
+  return spec.unflatten(z_flat), _squeeze_info(info, batch_axis)

@@ -1,0 +1,107 @@
+"""Trace-time checks with messages that name the argument and the shapes."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+
+from deqjax._anderson import Anderson
+from deqjax._broyden import Broyden
+from deqjax._iteration import Iteration
+
+SOLVERS = {"broyden": Broyden, "anderson": Anderson, "iteration": Iteration}
+
+
+def resolve_solver(solver, name: str):
+  """A solver name ("broyden", "anderson", "iteration") or instance -> instance."""
+  if isinstance(solver, str):
+    if solver not in SOLVERS:
+      raise ValueError(f"Unknown {name}={solver!r}; expected one of {sorted(SOLVERS)} or a solver instance.")
+    return SOLVERS[solver]()
+  if isinstance(solver, (Broyden, Anderson, Iteration)):
+    return solver
+  raise TypeError(
+      f"{name} must be one of {sorted(SOLVERS)} or a deqjax.Broyden / Anderson / Iteration"
+      f" instance; got {type(solver).__name__}."
+  )
+
+
+def check_max_iter(value, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise TypeError(f"{name} must be a Python int; got {value!r} of type {type(value).__name__}.")
+  if value < 1:
+    raise ValueError(f"{name} must be >= 1; got {name}={value}.")
+  return value
+
+
+def check_tolerance(value, name: str) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise TypeError(f"{name} must be a Python float; got {value!r} of type {type(value).__name__}.")
+  if not (value >= 0 and math.isfinite(value)):
+    raise ValueError(f"{name} must be a finite number >= 0; got {name}={value}.")
+  return float(value)
+
+
+def check_batch_axis(value) -> int | None:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise TypeError(f"batch_axis must be None or a non-negative int; got {value!r}.")
+  if value < 0:
+    raise ValueError(f"batch_axis must be None or a non-negative int; got batch_axis={value}.")
+  return value
+
+
+def _describe(tree) -> str:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return ", ".join(f"{jax.tree_util.keystr(p) or '<root>'}: {tuple(l.shape)} {l.dtype}" for p, l in leaves)
+
+
+def check_same_structure(out, like, fn_name: str, like_name: str) -> None:
+  """`out` (from eval_shape) must match `like` in structure, shapes and dtypes."""
+  out_def = jax.tree.structure(out)
+  like_def = jax.tree.structure(like)
+  if out_def != like_def:
+    raise TypeError(
+        f"{fn_name} must return a pytree with the structure of {like_name}; {like_name} is"
+        f" {like_def} but it returned {out_def}."
+    )
+  paths = jax.tree_util.tree_flatten_with_path(like)[0]
+  for (path, want), got in zip(paths, jax.tree.leaves(out)):
+    where = jax.tree_util.keystr(path)
+    want_shape, want_dtype = tuple(jax.numpy.shape(want)), jax.numpy.result_type(want)
+    if tuple(got.shape) != want_shape:
+      raise ValueError(
+          f"{fn_name} returned shape {tuple(got.shape)} for {like_name}{where}, whose shape is"
+          f" {want_shape}. ({like_name}: {_describe(jax.eval_shape(lambda t: t, like))};"
+          f" returned: {_describe(out)}.)"
+      )
+    if got.dtype != want_dtype:
+      raise TypeError(
+          f"{fn_name} returned dtype {got.dtype} for {like_name}{where}, whose dtype is"
+          f" {want_dtype} (shape {want_shape}); cast the output of f to the state's dtype."
+      )
+
+
+def reject_forward_mode(*trees) -> None:
+  """Raises a helpful TypeError when traced by forward-mode autodiff.
+
+  `jax.custom_vjp` functions cannot be differentiated in forward mode. JAX
+  would raise later with a generic message; this names the alternatives.
+  Reverse mode traces with linearize tracers, forward mode with JVP
+  tracers; the check only applies where JAX linearizes directly (otherwise
+  the two are indistinguishable and JAX's own error stands).
+  """
+  if not getattr(jax.config, "jax_use_direct_linearize", False):
+    return
+  for leaf in jax.tree.leaves(trees):
+    tracer = leaf
+    while isinstance(tracer, jax.core.Tracer):
+      if type(tracer).__name__ == "JVPTracer":
+        raise TypeError(
+            "deqjax.fixed_point does not support forward-mode differentiation (jax.jvp,"
+            " jax.jacfwd, jax.hessian): its derivative is a custom VJP (implicit or phantom"
+            " backward). Use reverse mode instead: jax.grad, jax.vjp, jax.jacrev."
+        )
+      tracer = getattr(tracer, "primal", getattr(tracer, "val", None))
