@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from deqjax._driver import fresh_zeros
+
 
 class BroydenState(NamedTuple):
   us: jax.Array  # [batch, history, n]
@@ -69,8 +71,8 @@ class Broyden:
   def init(self, z, g, max_iter):
     m = max_iter if self.history is None else self.history
     batch = z.shape[0]
-    zeros = jnp.zeros((batch, m, z.shape[1]), z.dtype)
-    state = BroydenState(zeros, zeros, jnp.zeros((batch, m), z.dtype), jnp.zeros((), jnp.int32))
+    shape = (batch, m, z.shape[1])
+    state = BroydenState(fresh_zeros(shape, g), fresh_zeros(shape, g), jnp.zeros((batch, m), g.dtype), jnp.zeros((), jnp.int32))
     # B_0 = -I, so the first direction -B_0 g is g itself.
     return state, g
 

@@ -39,6 +39,22 @@ class Solver(Protocol):
     """
 
 
+def fresh_zeros(shape: tuple[int, ...], anchor: jax.Array) -> jax.Array:
+  """Zeros of `anchor`'s dtype that XLA can neither share nor create early.
+
+  Solver buffers are large (history x n). Plain `jnp.zeros` are constants:
+  XLA merges those of the forward and backward solves into one broadcast and
+  copies it up front, so both solves' buffers are alive at once (twice the
+  memory). Deriving the zero from `anchor` (a value the solve computes first)
+  keeps each buffer private and allocated only when its solve starts.
+  `x != x` is false for every finite x and true for NaN, so the product is 0
+  either way; XLA does not fold float products with 0.
+  """
+  scalar = anchor.reshape(-1)[0]
+  zero = (scalar != scalar).astype(anchor.dtype) * 0
+  return jnp.broadcast_to(zero, shape)
+
+
 def row_norm(a: jax.Array) -> jax.Array:
   """Euclidean norm of each row of `[batch, n]` -> `[batch]`."""
   return jnp.sqrt(jnp.sum(jnp.square(a), axis=1))
