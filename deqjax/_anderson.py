@@ -80,7 +80,7 @@ class Anderson:
     eye = jnp.eye(m, dtype=gram.dtype)
     pair_mask = (valid[:, None] & valid[None, :]).astype(gram.dtype)
     # Invalid slots get an identity row and no constraint weight: alpha_i = 0.
-    h = gram * pair_mask + eye * jnp.where(valid, lam[:, None], 1.0)[:, None, :]
+    h = gram * pair_mask[None] + eye[None] * jnp.where(valid[None], lam[:, None], 1.0)[:, None, :]
     ones = valid.astype(gram.dtype)
     top = jnp.concatenate([jnp.zeros((1,), gram.dtype), ones])
     bordered = jnp.concatenate(
