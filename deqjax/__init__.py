@@ -15,15 +15,15 @@ from deqjax._iteration import Iteration
 __version__ = "0.1.0"
 
 __all__ = [
-    "Anderson",
-    "BackwardStats",
-    "Broyden",
-    "Iteration",
-    "SolveInfo",
-    "Status",
-    "backward_probe",
-    "fixed_point",
-    "jacobian_frobenius_sq",
-    "root_find",
-    "spectral_radius",
+  "Anderson",
+  "BackwardStats",
+  "Broyden",
+  "Iteration",
+  "SolveInfo",
+  "Status",
+  "backward_probe",
+  "fixed_point",
+  "jacobian_frobenius_sq",
+  "root_find",
+  "spectral_radius",
 ]

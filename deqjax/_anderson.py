@@ -84,11 +84,11 @@ class Anderson:
     ones = valid.astype(gram.dtype)
     top = jnp.concatenate([jnp.zeros((1,), gram.dtype), ones])
     bordered = jnp.concatenate(
-        [
-            jnp.broadcast_to(top, (batch, 1, m + 1)),
-            jnp.concatenate([jnp.broadcast_to(ones[None, :, None], (batch, m, 1)), h], axis=2),
-        ],
-        axis=1,
+      [
+        jnp.broadcast_to(top, (batch, 1, m + 1)),
+        jnp.concatenate([jnp.broadcast_to(ones[None, :, None], (batch, m, 1)), h], axis=2),
+      ],
+      axis=1,
     )
     rhs = jnp.zeros((batch, m + 1), gram.dtype).at[:, 0].set(1.0)
     alpha = jnp.linalg.solve(bordered, rhs[..., None])[:, 1:, 0]  # [b, m]
@@ -101,11 +101,11 @@ class Anderson:
     m = self.memory
     batch = z.shape[0]
     state = AndersonState(
-        xs=jnp.zeros((m,) + z.shape, z.dtype),
-        gs=jnp.zeros((m,) + z.shape, z.dtype),
-        gram=jnp.zeros((batch, m, m), z.dtype),
-        count=jnp.zeros((), jnp.int32),
-        slot=jnp.zeros((), jnp.int32),
+      xs=jnp.zeros((m,) + z.shape, z.dtype),
+      gs=jnp.zeros((m,) + z.shape, z.dtype),
+      gram=jnp.zeros((batch, m, m), z.dtype),
+      count=jnp.zeros((), jnp.int32),
+      slot=jnp.zeros((), jnp.int32),
     )
     state = self._store(state, z, g, jnp.ones((batch,), bool))
     return state, self.beta * g

@@ -64,7 +64,7 @@ class Broyden:
 
   def __post_init__(self):
     if self.history is not None and (
-        isinstance(self.history, bool) or not isinstance(self.history, int) or self.history < 1
+      isinstance(self.history, bool) or not isinstance(self.history, int) or self.history < 1
     ):
       raise ValueError(f"Broyden history must be None or an int >= 1; got history={self.history!r}.")
 
@@ -72,7 +72,9 @@ class Broyden:
     m = max_iter if self.history is None else self.history
     batch = z.shape[0]
     shape = (batch, m, z.shape[1])
-    state = BroydenState(fresh_zeros(shape, g), fresh_zeros(shape, g), jnp.zeros((batch, m), g.dtype), jnp.zeros((), jnp.int32))
+    state = BroydenState(
+      fresh_zeros(shape, g), fresh_zeros(shape, g), jnp.zeros((batch, m), g.dtype), jnp.zeros((), jnp.int32)
+    )
     # B_0 = -I, so the first direction -B_0 g is g itself.
     return state, g
 

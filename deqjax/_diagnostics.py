@@ -6,7 +6,8 @@ states, per sample when `batch_axis` is given.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,14 +19,14 @@ from deqjax._flat import make_spec
 
 
 def jacobian_frobenius_sq(
-    f: Callable[[Any, Any, Any], Any],
-    params: Any,
-    z: Any,
-    x: Any,
-    key: jax.Array,
-    *,
-    num_samples: int = 1,
-    batch_axis: int | None = None,
+  f: Callable[[Any, Any, Any], Any],
+  params: Any,
+  z: Any,
+  x: Any,
+  key: jax.Array,
+  *,
+  num_samples: int = 1,
+  batch_axis: int | None = None,
 ) -> jax.Array:
   r"""Hutchinson estimate of ||df/dz||_F^2 at z, differentiable in params and x.
 
@@ -62,14 +63,14 @@ def jacobian_frobenius_sq(
 
 
 def spectral_radius(
-    f: Callable[[Any, Any, Any], Any],
-    params: Any,
-    z: Any,
-    x: Any,
-    key: jax.Array,
-    *,
-    num_iter: int = 50,
-    batch_axis: int | None = None,
+  f: Callable[[Any, Any, Any], Any],
+  params: Any,
+  z: Any,
+  x: Any,
+  key: jax.Array,
+  *,
+  num_iter: int = 50,
+  batch_axis: int | None = None,
 ) -> jax.Array:
   """Power-method estimate of the spectral radius of df/dz at z.
 

@@ -11,7 +11,8 @@ one independent system with its own stopping.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ class Solver(Protocol):
     """State and first direction from the initial guess z `[batch, n]` and g = f(z) - z."""
 
   def update(
-      self, state: Any, z: jax.Array, g: jax.Array, dz: jax.Array, dg: jax.Array, active: jax.Array
+    self, state: Any, z: jax.Array, g: jax.Array, dz: jax.Array, dg: jax.Array, active: jax.Array
   ) -> tuple[Any, jax.Array]:
     """New state and direction after a step dz that changed the residual by dg.
 
@@ -83,21 +84,21 @@ def _classify(residual, scale, initial_residual, tol, rtol, divergence_ratio):
   converged = (residual < tol + rtol * scale) | (residual == 0)
   diverged = residual > divergence_ratio * initial_residual
   return jnp.where(
-      ~jnp.isfinite(residual),
-      Status.NONFINITE,
-      jnp.where(diverged, Status.DIVERGED, jnp.where(converged, Status.CONVERGED, RUNNING)),
+    ~jnp.isfinite(residual),
+    Status.NONFINITE,
+    jnp.where(diverged, Status.DIVERGED, jnp.where(converged, Status.CONVERGED, RUNNING)),
   ).astype(jnp.int32)
 
 
 def solve(
-    residual_fn: ResidualFn,
-    z0: jax.Array,
-    solver: Solver,
-    *,
-    max_iter: int,
-    tol: float,
-    rtol: float,
-    divergence_ratio: float,
+  residual_fn: ResidualFn,
+  z0: jax.Array,
+  solver: Solver,
+  *,
+  max_iter: int,
+  tol: float,
+  rtol: float,
+  divergence_ratio: float,
 ) -> tuple[jax.Array, SolveInfo]:
   """Iterates `solver` on `residual_fn` from `z0` `[batch, n]`.
 
@@ -125,51 +126,49 @@ def solve(
     g = jnp.where(active_col, g, c.g)
     residual = row_norm(g)
     improved = active & (residual < c.best_residual)
-    status = jnp.where(
-        active, _classify(residual, scale, residual0, tol, rtol, divergence_ratio), c.status
-    )
+    status = jnp.where(active, _classify(residual, scale, residual0, tol, rtol, divergence_ratio), c.status)
     still_active = status == RUNNING
     solver_state, direction = solver.update(c.solver_state, z, g, step, g - c.g, still_active)
     return _Carry(
-        step=c.step + 1,
-        z=z,
-        g=g,
-        direction=direction,
-        solver_state=solver_state,
-        best_z=jnp.where(improved[:, None], z, c.best_z),
-        best_residual=jnp.where(improved, residual, c.best_residual),
-        best_scale=jnp.where(improved, scale, c.best_scale),
-        nstep=c.nstep + active.astype(jnp.int32),
-        status=status,
-        trace=c.trace.at[:, c.step + 1].set(jnp.where(active, residual, -1.0)),
+      step=c.step + 1,
+      z=z,
+      g=g,
+      direction=direction,
+      solver_state=solver_state,
+      best_z=jnp.where(improved[:, None], z, c.best_z),
+      best_residual=jnp.where(improved, residual, c.best_residual),
+      best_scale=jnp.where(improved, scale, c.best_scale),
+      nstep=c.nstep + active.astype(jnp.int32),
+      status=status,
+      trace=c.trace.at[:, c.step + 1].set(jnp.where(active, residual, -1.0)),
     )
 
   # A NaN initial residual must not be beaten by nothing: start the best at +inf
   # only where the initial residual is not finite.
   best_residual0 = jnp.where(jnp.isfinite(residual0), residual0, jnp.inf)
   carry = _Carry(
-      step=jnp.zeros((), jnp.int32),
-      z=z0,
-      g=g0,
-      direction=direction0,
-      solver_state=solver_state,
-      best_z=z0,
-      best_residual=best_residual0,
-      best_scale=scale0,
-      nstep=jnp.zeros((batch,), jnp.int32),
-      status=status0,
-      trace=trace0,
+    step=jnp.zeros((), jnp.int32),
+    z=z0,
+    g=g0,
+    direction=direction0,
+    solver_state=solver_state,
+    best_z=z0,
+    best_residual=best_residual0,
+    best_scale=scale0,
+    nstep=jnp.zeros((batch,), jnp.int32),
+    status=status0,
+    trace=trace0,
   )
   carry = lax.while_loop(cond, body, carry)
   status = jnp.where(carry.status == RUNNING, Status.MAX_STEPS, carry.status).astype(jnp.int32)
   residual = jnp.where(jnp.isfinite(carry.best_residual), carry.best_residual, residual0)
   tiny = jnp.finfo(residual.dtype).tiny
   info = SolveInfo(
-      nstep=carry.nstep,
-      residual=residual,
-      rel_residual=residual / jnp.maximum(carry.best_scale, tiny),
-      converged=status == Status.CONVERGED,
-      status=status,
-      trace=carry.trace,
+    nstep=carry.nstep,
+    residual=residual,
+    rel_residual=residual / jnp.maximum(carry.best_scale, tiny),
+    converged=status == Status.CONVERGED,
+    status=status,
+    trace=carry.trace,
   )
   return carry.best_z, info

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,13 +28,13 @@ class _SolveOptions:
 
   def run(self, residual_fn, z0_flat):
     return solve(
-        residual_fn,
-        z0_flat,
-        self.solver,
-        max_iter=self.max_iter,
-        tol=self.tol,
-        rtol=self.rtol,
-        divergence_ratio=self.divergence_ratio,
+      residual_fn,
+      z0_flat,
+      self.solver,
+      max_iter=self.max_iter,
+      tol=self.tol,
+      rtol=self.rtol,
+      divergence_ratio=self.divergence_ratio,
     )
 
 
@@ -127,7 +128,7 @@ def _phantom_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
   batch = options.spec.batch_size
   zeros = jnp.zeros((batch,), jnp.float32)
   stats = BackwardStats(
-      nstep=zeros, residual=zeros, rel_residual=zeros, converged=zeros + 1.0, status=zeros + float(Status.CONVERGED)
+    nstep=zeros, residual=zeros, rel_residual=zeros, converged=zeros + 1.0, status=zeros + float(Status.CONVERGED)
   )
   return params_bar, x_bar, consts_bar, stats
 
@@ -146,25 +147,25 @@ _equilibrium.defvjp(_equilibrium_fwd, _equilibrium_bwd)
 
 
 def fixed_point(
-    f: Callable[[Any, Any, Any], Any],
-    params: Any,
-    x: Any,
-    z0: Any = None,
-    *,
-    solver: str | Solver = "broyden",
-    max_iter: int = 30,
-    tol: float = 1e-6,
-    rtol: float = 1e-4,
-    batch_axis: int | None = None,
-    divergence_ratio: float = 1e6,
-    backward: str = "implicit",
-    backward_solver: str | Solver | None = None,
-    backward_max_iter: int = 40,
-    backward_tol: float = 1e-6,
-    backward_rtol: float = 1e-4,
-    phantom_steps: int = 1,
-    phantom_damping: float = 1.0,
-    backward_probe: BackwardStats | None = None,
+  f: Callable[[Any, Any, Any], Any],
+  params: Any,
+  x: Any,
+  z0: Any = None,
+  *,
+  solver: str | Solver = "broyden",
+  max_iter: int = 30,
+  tol: float = 1e-6,
+  rtol: float = 1e-4,
+  batch_axis: int | None = None,
+  divergence_ratio: float = 1e6,
+  backward: str = "implicit",
+  backward_solver: str | Solver | None = None,
+  backward_max_iter: int = 40,
+  backward_tol: float = 1e-6,
+  backward_rtol: float = 1e-4,
+  phantom_steps: int = 1,
+  phantom_damping: float = 1.0,
+  backward_probe: BackwardStats | None = None,
 ) -> tuple[Any, SolveInfo]:
   r"""Finds z* = f(params, z*, x) and differentiates it implicitly.
 
@@ -228,20 +229,20 @@ def fixed_point(
     (True, True)
   """
   forward = _SolveOptions(
-      solver=checks.resolve_solver(solver, "solver"),
-      max_iter=checks.check_max_iter(max_iter, "max_iter"),
-      tol=checks.check_tolerance(tol, "tol"),
-      rtol=checks.check_tolerance(rtol, "rtol"),
-      divergence_ratio=_check_divergence_ratio(divergence_ratio),
+    solver=checks.resolve_solver(solver, "solver"),
+    max_iter=checks.check_max_iter(max_iter, "max_iter"),
+    tol=checks.check_tolerance(tol, "tol"),
+    rtol=checks.check_tolerance(rtol, "rtol"),
+    divergence_ratio=_check_divergence_ratio(divergence_ratio),
   )
   if backward not in BACKWARDS:
     raise ValueError(f"Unknown backward={backward!r}; expected one of {list(BACKWARDS)}.")
   backward_solve = _SolveOptions(
-      solver=checks.resolve_solver(solver if backward_solver is None else backward_solver, "backward_solver"),
-      max_iter=checks.check_max_iter(backward_max_iter, "backward_max_iter"),
-      tol=checks.check_tolerance(backward_tol, "backward_tol"),
-      rtol=checks.check_tolerance(backward_rtol, "backward_rtol"),
-      divergence_ratio=forward.divergence_ratio,
+    solver=checks.resolve_solver(solver if backward_solver is None else backward_solver, "backward_solver"),
+    max_iter=checks.check_max_iter(backward_max_iter, "backward_max_iter"),
+    tol=checks.check_tolerance(backward_tol, "backward_tol"),
+    rtol=checks.check_tolerance(backward_rtol, "backward_rtol"),
+    divergence_ratio=forward.divergence_ratio,
   )
   checks.check_max_iter(phantom_steps, "phantom_steps")
   if not 0 < phantom_damping <= 1:
@@ -252,8 +253,8 @@ def fixed_point(
     for path, leaf in jax.tree_util.tree_flatten_with_path(x)[0]:
       if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
         raise TypeError(
-            f"z0=None means zeros shaped like x, but x{jax.tree_util.keystr(path)} has dtype"
-            f" {jnp.result_type(leaf)} (shape {jnp.shape(leaf)}); pass a floating-point z0."
+          f"z0=None means zeros shaped like x, but x{jax.tree_util.keystr(path)} has dtype"
+          f" {jnp.result_type(leaf)} (shape {jnp.shape(leaf)}); pass a floating-point z0."
         )
     z0 = jax.tree.map(jnp.zeros_like, x)
   spec = make_spec(z0, batch_axis, "z0")
@@ -280,25 +281,25 @@ def _check_probe(probe, spec: FlatSpec) -> BackwardStats:
     return backward_probe(None if spec.batch_axis is None else spec.batch_size)
   if not isinstance(probe, BackwardStats):
     raise TypeError(f"backward_probe must come from deqjax.backward_probe(...); got {type(probe).__name__}.")
-  for name, leaf in zip(BackwardStats._fields, probe):
+  for name, leaf in zip(BackwardStats._fields, probe, strict=True):
     if jnp.shape(leaf) != expected or jnp.result_type(leaf) != jnp.float32:
       raise ValueError(
-          f"backward_probe.{name} must be float32 with shape {expected} (batch_axis={spec.batch_axis});"
-          f" got {jnp.result_type(leaf)} {jnp.shape(leaf)}."
+        f"backward_probe.{name} must be float32 with shape {expected} (batch_axis={spec.batch_axis});"
+        f" got {jnp.result_type(leaf)} {jnp.shape(leaf)}."
       )
   return probe
 
 
 def root_find(
-    g: Callable[[Any], Any],
-    z0: Any,
-    *,
-    solver: str | Solver = "broyden",
-    max_iter: int = 30,
-    tol: float = 1e-6,
-    rtol: float = 1e-4,
-    batch_axis: int | None = None,
-    divergence_ratio: float = 1e6,
+  g: Callable[[Any], Any],
+  z0: Any,
+  *,
+  solver: str | Solver = "broyden",
+  max_iter: int = 30,
+  tol: float = 1e-6,
+  rtol: float = 1e-4,
+  batch_axis: int | None = None,
+  divergence_ratio: float = 1e6,
 ) -> tuple[Any, SolveInfo]:
   """Finds z with g(z) = 0 using the fixed-point solvers (no custom gradient).
 
@@ -318,11 +319,11 @@ def root_find(
     `(z, info)`: the lowest-residual iterate and its `SolveInfo`.
   """
   options = _SolveOptions(
-      solver=checks.resolve_solver(solver, "solver"),
-      max_iter=checks.check_max_iter(max_iter, "max_iter"),
-      tol=checks.check_tolerance(tol, "tol"),
-      rtol=checks.check_tolerance(rtol, "rtol"),
-      divergence_ratio=_check_divergence_ratio(divergence_ratio),
+    solver=checks.resolve_solver(solver, "solver"),
+    max_iter=checks.check_max_iter(max_iter, "max_iter"),
+    tol=checks.check_tolerance(tol, "tol"),
+    rtol=checks.check_tolerance(rtol, "rtol"),
+    divergence_ratio=_check_divergence_ratio(divergence_ratio),
   )
   batch_axis = checks.check_batch_axis(batch_axis)
   spec = make_spec(z0, batch_axis, "z0")

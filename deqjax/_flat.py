@@ -63,8 +63,8 @@ class FlatSpec:
     """`[batch, n]` -> pytree shaped like the state (leaf dtypes restored)."""
     offsets = np.cumsum((0,) + self.row_sizes)
     leaves = []
-    for shape, dtype, start, stop in zip(self.shapes, self.dtypes, offsets[:-1], offsets[1:]):
-      block = matrix if len(self.shapes) == 1 else matrix[:, int(start):int(stop)]
+    for shape, dtype, start, stop in zip(self.shapes, self.dtypes, offsets[:-1], offsets[1:], strict=True):
+      block = matrix if len(self.shapes) == 1 else matrix[:, int(start) : int(stop)]
       if self.batch_axis is None:
         leaf = block.reshape(shape)
       else:
@@ -99,17 +99,17 @@ def make_spec(tree, batch_axis: int | None, name: str) -> FlatSpec:
     raise TypeError(f"{name} must contain at least one array; got the empty pytree {tree!r}.")
   shapes = tuple(tuple(np.shape(leaf)) for leaf in leaves)
   dtypes = tuple(jnp.result_type(leaf) for leaf in leaves)
-  for path_and_leaf, shape, dtype in zip(jax.tree_util.tree_flatten_with_path(tree)[0], shapes, dtypes):
+  for path_and_leaf, shape, dtype in zip(jax.tree_util.tree_flatten_with_path(tree)[0], shapes, dtypes, strict=True):
     where = f"{name}{jax.tree_util.keystr(path_and_leaf[0])}"
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
-          f"{where} must be a floating-point array (float16, bfloat16, float32, float64);"
-          f" got dtype {dtype} with shape {shape}."
+        f"{where} must be a floating-point array (float16, bfloat16, float32, float64);"
+        f" got dtype {dtype} with shape {shape}."
       )
     if batch_axis is not None and len(shape) <= batch_axis:
       raise ValueError(
-          f"batch_axis={batch_axis} is out of range for {where} with shape {shape}: every leaf"
-          " of the state needs that axis."
+        f"batch_axis={batch_axis} is out of range for {where} with shape {shape}: every leaf"
+        " of the state needs that axis."
       )
   if batch_axis is None:
     batch_size = 1
@@ -117,8 +117,7 @@ def make_spec(tree, batch_axis: int | None, name: str) -> FlatSpec:
     sizes = {shape[batch_axis] for shape in shapes}
     if len(sizes) != 1:
       raise ValueError(
-          f"batch_axis={batch_axis}: the leaves of {name} disagree on the batch size; shapes"
-          f" {list(shapes)}."
+        f"batch_axis={batch_axis}: the leaves of {name} disagree on the batch size; shapes {list(shapes)}."
       )
     batch_size = sizes.pop()
     if batch_size == 0:

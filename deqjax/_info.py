@@ -95,9 +95,9 @@ def stats_from_info(info: SolveInfo) -> BackwardStats:
   """The float32 `BackwardStats` view of a `SolveInfo` (drops the trace)."""
   f32 = lambda a: jnp.asarray(a).astype(jnp.float32)
   return BackwardStats(
-      nstep=f32(info.nstep),
-      residual=f32(info.residual),
-      rel_residual=f32(info.rel_residual),
-      converged=f32(info.converged),
-      status=f32(info.status),
+    nstep=f32(info.nstep),
+    residual=f32(info.residual),
+    rel_residual=f32(info.rel_residual),
+    converged=f32(info.converged),
+    status=f32(info.status),
   )

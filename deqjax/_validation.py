@@ -22,8 +22,8 @@ def resolve_solver(solver, name: str):
   if isinstance(solver, (Broyden, Anderson, Iteration)):
     return solver
   raise TypeError(
-      f"{name} must be one of {sorted(SOLVERS)} or a deqjax.Broyden / Anderson / Iteration"
-      f" instance; got {type(solver).__name__}."
+    f"{name} must be one of {sorted(SOLVERS)} or a deqjax.Broyden / Anderson / Iteration"
+    f" instance; got {type(solver).__name__}."
   )
 
 
@@ -55,7 +55,7 @@ def check_batch_axis(value) -> int | None:
 
 def _describe(tree) -> str:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return ", ".join(f"{jax.tree_util.keystr(p) or '<root>'}: {tuple(l.shape)} {l.dtype}" for p, l in leaves)
+  return ", ".join(f"{jax.tree_util.keystr(p) or '<root>'}: {tuple(leaf.shape)} {leaf.dtype}" for p, leaf in leaves)
 
 
 def check_same_structure(out, like, fn_name: str, like_name: str) -> None:
@@ -64,23 +64,23 @@ def check_same_structure(out, like, fn_name: str, like_name: str) -> None:
   like_def = jax.tree.structure(like)
   if out_def != like_def:
     raise TypeError(
-        f"{fn_name} must return a pytree with the structure of {like_name}; {like_name} is"
-        f" {like_def} but it returned {out_def}."
+      f"{fn_name} must return a pytree with the structure of {like_name}; {like_name} is"
+      f" {like_def} but it returned {out_def}."
     )
   paths = jax.tree_util.tree_flatten_with_path(like)[0]
-  for (path, want), got in zip(paths, jax.tree.leaves(out)):
+  for (path, want), got in zip(paths, jax.tree.leaves(out), strict=True):
     where = jax.tree_util.keystr(path)
     want_shape, want_dtype = tuple(jax.numpy.shape(want)), jax.numpy.result_type(want)
     if tuple(got.shape) != want_shape:
       raise ValueError(
-          f"{fn_name} returned shape {tuple(got.shape)} for {like_name}{where}, whose shape is"
-          f" {want_shape}. ({like_name}: {_describe(jax.eval_shape(lambda t: t, like))};"
-          f" returned: {_describe(out)}.)"
+        f"{fn_name} returned shape {tuple(got.shape)} for {like_name}{where}, whose shape is"
+        f" {want_shape}. ({like_name}: {_describe(jax.eval_shape(lambda t: t, like))};"
+        f" returned: {_describe(out)}.)"
       )
     if got.dtype != want_dtype:
       raise TypeError(
-          f"{fn_name} returned dtype {got.dtype} for {like_name}{where}, whose dtype is"
-          f" {want_dtype} (shape {want_shape}); cast the output of f to the state's dtype."
+        f"{fn_name} returned dtype {got.dtype} for {like_name}{where}, whose dtype is"
+        f" {want_dtype} (shape {want_shape}); cast the output of f to the state's dtype."
       )
 
 
@@ -100,8 +100,8 @@ def reject_forward_mode(*trees) -> None:
     while isinstance(tracer, jax.core.Tracer):
       if type(tracer).__name__ == "JVPTracer":
         raise TypeError(
-            "deqjax.fixed_point does not support forward-mode differentiation (jax.jvp,"
-            " jax.jacfwd, jax.hessian): its derivative is a custom VJP (implicit or phantom"
-            " backward). Use reverse mode instead: jax.grad, jax.vjp, jax.jacrev."
+          "deqjax.fixed_point does not support forward-mode differentiation (jax.jvp,"
+          " jax.jacfwd, jax.hessian): its derivative is a custom VJP (implicit or phantom"
+          " backward). Use reverse mode instead: jax.grad, jax.vjp, jax.jacrev."
         )
       tracer = getattr(tracer, "primal", getattr(tracer, "val", None))

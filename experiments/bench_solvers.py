@@ -43,9 +43,9 @@ def tanh_case(key):
   batch, width = 64, 512
   k1, k2, k3, k4 = jax.random.split(key, 4)
   params = {
-      "w": jax.random.normal(k1, (width, width)) * (0.9 / width**0.5),
-      "u": jax.random.normal(k2, (width, width)) / width**0.5,
-      "b": jax.random.normal(k3, (width,)) * 0.1,
+    "w": jax.random.normal(k1, (width, width)) * (0.9 / width**0.5),
+    "u": jax.random.normal(k2, (width, width)) / width**0.5,
+    "b": jax.random.normal(k3, (width,)) * 0.1,
   }
   x = jax.random.normal(k4, (batch, width))
 
@@ -65,12 +65,12 @@ def transformer_case(key):
   batch, length, d, heads, d_inner = 4, 150, 256, 8, 1024
   ks = jax.random.split(key, 6)
   params = {
-      "qkv": jax.random.normal(ks[0], (d, 3 * d)) / d**0.5,
-      "o": jax.random.normal(ks[1], (d, d)) / d**0.5,
-      "ff1": jax.random.normal(ks[2], (d, d_inner)) / d**0.5,
-      "b1": jnp.zeros((d_inner,)),
-      "ff2": jax.random.normal(ks[3], (d_inner, d)) / d_inner**0.5,
-      "b2": jnp.zeros((d,)),
+    "qkv": jax.random.normal(ks[0], (d, 3 * d)) / d**0.5,
+    "o": jax.random.normal(ks[1], (d, d)) / d**0.5,
+    "ff1": jax.random.normal(ks[2], (d, d_inner)) / d**0.5,
+    "b1": jnp.zeros((d_inner,)),
+    "ff2": jax.random.normal(ks[3], (d_inner, d)) / d_inner**0.5,
+    "b2": jnp.zeros((d,)),
   }
   injection = jax.random.normal(ks[4], (batch, length, 3 * d))
   mask = jnp.tril(jnp.ones((length, length), bool))
@@ -100,8 +100,11 @@ def big_state_case(key):
   return f, params, x, jnp.zeros_like(x)
 
 
-CASES = {"a": ("tanh layer 64x512", tanh_case), "b": ("transformer cell 4x150x256", transformer_case),
-         "c": ("1e6-unknown state 4x256x1024", big_state_case)}
+CASES = {
+  "a": ("tanh layer 64x512", tanh_case),
+  "b": ("transformer cell 4x150x256", transformer_case),
+  "c": ("1e6-unknown state 4x256x1024", big_state_case),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -110,8 +113,20 @@ CASES = {"a": ("tanh layer 64x512", tanh_case), "b": ("transformer cell 4x150x25
 def deq_step(f, k, batch_axis):
   def loss(params, x, z0, probe):
     z, info = deqjax.fixed_point(
-        f, params, x, z0, solver="broyden", max_iter=k, tol=0.0, rtol=0.0, batch_axis=batch_axis,
-        backward_max_iter=k, backward_tol=0.0, backward_rtol=0.0, backward_probe=probe)
+      f,
+      params,
+      x,
+      z0,
+      solver="broyden",
+      max_iter=k,
+      tol=0.0,
+      rtol=0.0,
+      batch_axis=batch_axis,
+      backward_max_iter=k,
+      backward_tol=0.0,
+      backward_rtol=0.0,
+      backward_probe=probe,
+    )
     return jnp.sum(z * jnp.cos(z)), info
 
   grad = jax.grad(loss, argnums=(0, 3), has_aux=True)
@@ -159,8 +174,10 @@ def main(argv):
     temp = _temp_bytes(deq, deq_args)
     bound = (2 * k + 8) * n * 4
     print(f"({name}) {title}: n = {n:,}")
-    print(f"    compiled temp memory {temp / 2**20:9.1f} MiB   bound (2*{k}+8)*n*4 = {bound / 2**20:.1f} MiB"
-          f"   ratio {temp / bound:.2f}")
+    print(
+      f"    compiled temp memory {temp / 2**20:9.1f} MiB   bound (2*{k}+8)*n*4 = {bound / 2**20:.1f} MiB"
+      f"   ratio {temp / bound:.2f}"
+    )
     if name == "c" and not FLAGS.run_c:
       continue
     (_, stats), info = deq(*deq_args)
@@ -168,8 +185,10 @@ def main(argv):
     bwd_steps = int(jnp.max(stats.nstep))
     t_deq = _time(deq, deq_args, FLAGS.repeats)
     t_floor = _time(floor_step(f, k), (params, x, z0), FLAGS.repeats)
-    print(f"    deqjax fwd+bwd {t_deq * 1e3:8.1f} ms  ({fwd_steps} + {bwd_steps} steps)   floor {t_floor * 1e3:8.1f} ms"
-          f"   ratio {t_deq / t_floor:.2f}")
+    print(
+      f"    deqjax fwd+bwd {t_deq * 1e3:8.1f} ms  ({fwd_steps} + {bwd_steps} steps)   floor {t_floor * 1e3:8.1f} ms"
+      f"   ratio {t_deq / t_floor:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ class TinyDEQ(nnx.Module):
     self.cell = nnx.Linear(d_hidden, d_hidden, rngs=rngs)
     self.inject = nnx.Linear(d_in, d_hidden, rngs=rngs)
     self.head = nnx.Linear(d_hidden, n_classes, rngs=rngs)
-    self.cell.kernel.value = 0.3 * self.cell.kernel.value
+    self.cell.kernel[...] = 0.3 * self.cell.kernel[...]
 
   def __call__(self, x):
     graphdef, params = nnx.split(self.cell)

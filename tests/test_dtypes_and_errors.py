@@ -28,41 +28,68 @@ def _setup(dtype, batch=4, width=16):
 # 16-bit maps differ from the float64 map by their own rounding (eps 8e-3 and 1e-3), amplified
 # by 1 / (1 - contraction); the tolerances are a few times that.
 @pytest.mark.parametrize(
-    "dtype, tol, atol, grad_rtol",
-    [(jnp.bfloat16, 0.1, 0.08, 0.15), (jnp.float16, 1e-2, 1e-2, 2e-2), (jnp.float32, 1e-5, 1e-5, 1e-4), (jnp.float64, 1e-12, 1e-11, 1e-9)],
+  "dtype, tol, atol, grad_rtol",
+  [
+    (jnp.bfloat16, 0.1, 0.08, 0.15),
+    (jnp.float16, 1e-2, 1e-2, 2e-2),
+    (jnp.float32, 1e-5, 1e-5, 1e-4),
+    (jnp.float64, 1e-12, 1e-11, 1e-9),
+  ],
 )
 @pytest.mark.parametrize("solver", ["broyden", "anderson", "iteration"])
 def test_states_keep_their_dtype_and_solve_to_its_precision(dtype, tol, atol, grad_rtol, solver):
   w, x = _setup(dtype)
-  z, info = jax.jit(lambda w, x: deqjax.fixed_point(cell, w, x, solver=solver, batch_axis=0, max_iter=60, tol=tol, rtol=0.0))(w, x)
+  z, info = jax.jit(
+    lambda w, x: deqjax.fixed_point(cell, w, x, solver=solver, batch_axis=0, max_iter=60, tol=tol, rtol=0.0)
+  )(w, x)
   assert z.dtype == dtype
   # Residuals are computed in float32 for 16-bit states, in the state's precision otherwise.
   assert info.residual.dtype == (jnp.float64 if dtype == jnp.float64 else jnp.float32)
   assert bool(jnp.all(info.converged)), info
-  reference = deqjax.fixed_point(cell, w.astype(jnp.float64), x.astype(jnp.float64), tol=1e-13, rtol=0.0, max_iter=80)[0]
+  reference = deqjax.fixed_point(cell, w.astype(jnp.float64), x.astype(jnp.float64), tol=1e-13, rtol=0.0, max_iter=80)[
+    0
+  ]
   np.testing.assert_allclose(np.asarray(z, np.float64), reference, rtol=0, atol=atol)
 
-  kw = dict(solver=solver, batch_axis=0, max_iter=60, tol=tol, rtol=0.0, backward_max_iter=60, backward_tol=tol, backward_rtol=0.0)
+  kw = dict(
+    solver=solver,
+    batch_axis=0,
+    max_iter=60,
+    tol=tol,
+    rtol=0.0,
+    backward_max_iter=60,
+    backward_tol=tol,
+    backward_rtol=0.0,
+  )
   grad = jax.grad(lambda w: jnp.sum(deqjax.fixed_point(cell, w, x, **kw)[0].astype(jnp.float32)))(w)
   assert grad.dtype == dtype and bool(jnp.all(jnp.isfinite(grad.astype(jnp.float32))))
-  ref_grad = jax.grad(lambda w: jnp.sum(deqjax.fixed_point(cell, w, x.astype(jnp.float64), tol=1e-13, rtol=0.0, max_iter=80, backward_tol=1e-13, backward_rtol=0.0)[0]))(w.astype(jnp.float64))
+  ref_grad = jax.grad(
+    lambda w: jnp.sum(
+      deqjax.fixed_point(
+        cell, w, x.astype(jnp.float64), tol=1e-13, rtol=0.0, max_iter=80, backward_tol=1e-13, backward_rtol=0.0
+      )[0]
+    )
+  )(w.astype(jnp.float64))
   scale = float(jnp.max(jnp.abs(ref_grad)))
   np.testing.assert_allclose(np.asarray(grad, np.float64), ref_grad, atol=grad_rtol * scale, rtol=0)
 
 
-def test_float32_stays_float32_with_x64_enabled():
+@pytest.mark.parametrize("solver", ["broyden", "anderson", "iteration"])
+def test_float32_stays_float32_with_x64_enabled(solver):
   assert jax.config.jax_enable_x64  # conftest turns it on
   w, x = _setup(jnp.float32)
-  for solver in ["broyden", "anderson", "iteration"]:
-    step = lambda w, x: jax.grad(lambda w: jnp.sum(deqjax.fixed_point(cell, w, x, solver=solver, batch_axis=0)[0]))(w)
-    text = str(jax.make_jaxpr(step)(w, x))  # includes the while-loop bodies and the custom VJP
-    # Only weakly typed Python scalars (f64[]) may appear; no float64 array is ever made.
-    assert "f32[4,16]" in text and re.search(r"f64\[\d", text) is None
+  step = lambda w, x: jax.grad(lambda w: jnp.sum(deqjax.fixed_point(cell, w, x, solver=solver, batch_axis=0)[0]))(w)
+  text = str(jax.make_jaxpr(step)(w, x))  # includes the while-loop bodies and the custom VJP
+  # Only weakly typed Python scalars (f64[]) may appear; no float64 array is ever made.
+  assert "f32[4,16]" in text and re.search(r"f64\[\d", text) is None
 
 
 def test_mixed_precision_pytree_state():
   x = {"low": jnp.ones((3,), jnp.bfloat16), "high": jnp.ones((2,), jnp.float32)}
-  f = lambda _, z, x: {"low": (0.5 * jnp.tanh(z["low"]) + x["low"]).astype(jnp.bfloat16), "high": 0.5 * jnp.sin(z["high"]) + x["high"]}
+  f = lambda _, z, x: {
+    "low": (0.5 * jnp.tanh(z["low"]) + x["low"]).astype(jnp.bfloat16),
+    "high": 0.5 * jnp.sin(z["high"]) + x["high"],
+  }
   z, info = deqjax.fixed_point(f, None, x, tol=1e-2, rtol=0.0)
   assert z["low"].dtype == jnp.bfloat16 and z["high"].dtype == jnp.float32
   assert bool(info.converged)
@@ -96,25 +123,25 @@ def test_pytree_leaf_shape_error_names_the_leaf():
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, pattern",
-    [
-        (dict(solver="newton"), ValueError, "Unknown solver='newton'; expected one of"),
-        (dict(backward_solver="lbfgs"), ValueError, "Unknown backward_solver='lbfgs'"),
-        (dict(solver=3), TypeError, "solver must be one of"),
-        (dict(backward="unrolled"), ValueError, r"Unknown backward='unrolled'; expected one of \['implicit', 'phantom'\]"),
-        (dict(max_iter=0), ValueError, "max_iter must be >= 1; got max_iter=0"),
-        (dict(max_iter=2.5), TypeError, "max_iter must be a Python int"),
-        (dict(backward_max_iter=0), ValueError, "backward_max_iter must be >= 1"),
-        (dict(tol=-1e-3), ValueError, "tol must be a finite number >= 0; got tol=-0.001"),
-        (dict(rtol=-1.0), ValueError, "rtol must be a finite number >= 0"),
-        (dict(backward_tol=float("nan")), ValueError, "backward_tol must be a finite number >= 0"),
-        (dict(backward_rtol=-2.0), ValueError, "backward_rtol must be a finite number >= 0"),
-        (dict(phantom_steps=0), ValueError, "phantom_steps must be >= 1"),
-        (dict(phantom_damping=0.0), ValueError, r"phantom_damping must be in \(0, 1\]"),
-        (dict(divergence_ratio=0.5), ValueError, "divergence_ratio must be a number > 1"),
-        (dict(batch_axis=-1), ValueError, "batch_axis must be None or a non-negative int"),
-        (dict(batch_axis=2), ValueError, re.escape("batch_axis=2 is out of range for z0 with shape (2, 3)")),
-    ],
+  "kwargs, error, pattern",
+  [
+    (dict(solver="newton"), ValueError, "Unknown solver='newton'; expected one of"),
+    (dict(backward_solver="lbfgs"), ValueError, "Unknown backward_solver='lbfgs'"),
+    (dict(solver=3), TypeError, "solver must be one of"),
+    (dict(backward="unrolled"), ValueError, r"Unknown backward='unrolled'; expected one of \['implicit', 'phantom'\]"),
+    (dict(max_iter=0), ValueError, "max_iter must be >= 1; got max_iter=0"),
+    (dict(max_iter=2.5), TypeError, "max_iter must be a Python int"),
+    (dict(backward_max_iter=0), ValueError, "backward_max_iter must be >= 1"),
+    (dict(tol=-1e-3), ValueError, "tol must be a finite number >= 0; got tol=-0.001"),
+    (dict(rtol=-1.0), ValueError, "rtol must be a finite number >= 0"),
+    (dict(backward_tol=float("nan")), ValueError, "backward_tol must be a finite number >= 0"),
+    (dict(backward_rtol=-2.0), ValueError, "backward_rtol must be a finite number >= 0"),
+    (dict(phantom_steps=0), ValueError, "phantom_steps must be >= 1"),
+    (dict(phantom_damping=0.0), ValueError, r"phantom_damping must be in \(0, 1\]"),
+    (dict(divergence_ratio=0.5), ValueError, "divergence_ratio must be a number > 1"),
+    (dict(batch_axis=-1), ValueError, "batch_axis must be None or a non-negative int"),
+    (dict(batch_axis=2), ValueError, re.escape("batch_axis=2 is out of range for z0 with shape (2, 3)")),
+  ],
 )
 def test_bad_options(kwargs, error, pattern):
   with pytest.raises(error, match=pattern):
@@ -131,7 +158,10 @@ def test_bad_solver_settings():
 
 
 def test_integer_input_without_z0():
-  with pytest.raises(TypeError, match=r"z0=None means zeros shaped like x, but x has dtype int32 \(shape \(4,\)\); pass a floating-point z0"):
+  with pytest.raises(
+    TypeError,
+    match=r"z0=None means zeros shaped like x, but x has dtype int32 \(shape \(4,\)\); pass a floating-point z0",
+  ):
     deqjax.fixed_point(lambda _, z, x: z, None, jnp.arange(4, dtype=jnp.int32))
 
 

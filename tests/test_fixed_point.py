@@ -28,9 +28,9 @@ def tanh_layer(p, z, x):
 def tanh_params(key, width=6, scale=0.5):
   k1, k2, k3 = jax.random.split(key, 3)
   return {
-      "w": scale * jax.random.normal(k1, (width, width), jnp.float64) / width**0.5,
-      "u": jax.random.normal(k2, (width, width), jnp.float64) / width**0.5,
-      "b": 0.1 * jax.random.normal(k3, (width,), jnp.float64),
+    "w": scale * jax.random.normal(k1, (width, width), jnp.float64) / width**0.5,
+    "u": jax.random.normal(k2, (width, width), jnp.float64) / width**0.5,
+    "b": 0.1 * jax.random.normal(k3, (width,), jnp.float64),
   }
 
 
@@ -47,7 +47,9 @@ def test_linear_fixed_point_and_gradient_match_closed_form(solver):
   a = _contractive_matrix(jax.random.key(0), n)
   x = jax.random.normal(jax.random.key(1), (n,), jnp.float64)
   c = jax.random.normal(jax.random.key(2), (n,), jnp.float64)
-  kw = dict(solver=solver, max_iter=200, tol=1e-12, rtol=0.0, backward_max_iter=200, backward_tol=1e-12, backward_rtol=0.0)
+  kw = dict(
+    solver=solver, max_iter=200, tol=1e-12, rtol=0.0, backward_max_iter=200, backward_tol=1e-12, backward_rtol=0.0
+  )
 
   z, info = deqjax.fixed_point(linear, a, x, **kw)
   exact = jnp.linalg.solve(jnp.eye(n) - a, x)
@@ -60,7 +62,7 @@ def test_linear_fixed_point_and_gradient_match_closed_form(solver):
   exact_loss = lambda a, x: c @ jnp.linalg.solve(jnp.eye(n) - a, x)
   grads = jax.grad(loss, argnums=(0, 1))(a, x)
   expected = jax.grad(exact_loss, argnums=(0, 1))(a, x)
-  for got, want in zip(grads, expected):
+  for got, want in zip(grads, expected, strict=True):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
 
 
@@ -84,7 +86,9 @@ def test_tanh_layer_gradient_matches_unrolled_limit_and_finite_differences(solve
   params = tanh_params(jax.random.key(4))
   x = jax.random.normal(jax.random.key(5), (3, 6), jnp.float64)
   c = jax.random.normal(jax.random.key(6), (3, 6), jnp.float64)
-  kw = dict(solver=solver, max_iter=100, tol=1e-12, rtol=0.0, backward_max_iter=100, backward_tol=1e-12, backward_rtol=0.0)
+  kw = dict(
+    solver=solver, max_iter=100, tol=1e-12, rtol=0.0, backward_max_iter=100, backward_tol=1e-12, backward_rtol=0.0
+  )
 
   def loss(params, x):
     z, _ = deqjax.fixed_point(tanh_layer, params, x, **kw)
@@ -97,7 +101,7 @@ def test_tanh_layer_gradient_matches_unrolled_limit_and_finite_differences(solve
   np.testing.assert_allclose(loss(params, x), loss_unrolled(params, x), rtol=1e-11)
   g_params, g_x = jax.grad(loss, argnums=(0, 1))(params, x)
   u_params, u_x = jax.grad(loss_unrolled, argnums=(0, 1))(params, x)
-  for got, want in zip(jax.tree.leaves((g_params, g_x)), jax.tree.leaves((u_params, u_x))):
+  for got, want in zip(jax.tree.leaves((g_params, g_x)), jax.tree.leaves((u_params, u_x)), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
 
   # Central finite differences along a random direction of every input.
@@ -106,7 +110,9 @@ def test_tanh_layer_gradient_matches_unrolled_limit_and_finite_differences(solve
   plus = jax.tree.map(lambda a, d: a + eps * d, (params, x), direction)
   minus = jax.tree.map(lambda a, d: a - eps * d, (params, x), direction)
   fd = (loss(*plus) - loss(*minus)) / (2 * eps)
-  analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves((g_params, g_x)), jax.tree.leaves(direction)))
+  analytic = sum(
+    jnp.vdot(g, d) for g, d in zip(jax.tree.leaves((g_params, g_x)), jax.tree.leaves(direction), strict=True)
+  )
   np.testing.assert_allclose(analytic, fd, rtol=1e-6)
 
 
@@ -122,17 +128,24 @@ def test_pytree_state_params_and_input():
   z, info = deqjax.fixed_point(f, params, x, max_iter=60, tol=1e-12, rtol=0.0, backward_tol=1e-12, backward_rtol=0.0)
   assert bool(info.converged)
   ref = unrolled(f, params, x, jax.tree.map(jnp.zeros_like, x), 300)
-  for got, want in zip(jax.tree.leaves(z), jax.tree.leaves(ref)):
+  for got, want in zip(jax.tree.leaves(z), jax.tree.leaves(ref), strict=True):
     np.testing.assert_allclose(got, want, atol=1e-11)
 
-  loss = lambda p, x: sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(deqjax.fixed_point(
-      f, p, x, max_iter=60, tol=1e-12, rtol=0.0, backward_max_iter=60, backward_tol=1e-12, backward_rtol=0.0)[0]))
-  loss_ref = lambda p, x: sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(
-      unrolled(f, p, x, jax.tree.map(jnp.zeros_like, x), 300)))
+  loss = lambda p, x: sum(
+    jnp.sum(jnp.sin(leaf))
+    for leaf in jax.tree.leaves(
+      deqjax.fixed_point(
+        f, p, x, max_iter=60, tol=1e-12, rtol=0.0, backward_max_iter=60, backward_tol=1e-12, backward_rtol=0.0
+      )[0]
+    )
+  )
+  loss_ref = lambda p, x: sum(
+    jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(unrolled(f, p, x, jax.tree.map(jnp.zeros_like, x), 300))
+  )
   got = jax.grad(loss, argnums=(0, 1))(params, x)
   want = jax.grad(loss_ref, argnums=(0, 1))(params, x)
   assert jax.tree.structure(got) == jax.tree.structure(want)
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(g, w, rtol=1e-8, atol=1e-10)
 
 
@@ -157,8 +170,18 @@ def test_vmap_gives_per_sample_stopping_and_matches_single_solves():
   f = lambda s, z, x: s * jnp.tanh(z) + x
 
   solve = lambda s, x: deqjax.fixed_point(
-      f, s, x, jnp.ones_like(x), solver="iteration", max_iter=500, tol=1e-10, rtol=0.0,
-      backward_max_iter=500, backward_tol=1e-13, backward_rtol=0.0)
+    f,
+    s,
+    x,
+    jnp.ones_like(x),
+    solver="iteration",
+    max_iter=500,
+    tol=1e-10,
+    rtol=0.0,
+    backward_max_iter=500,
+    backward_tol=1e-13,
+    backward_rtol=0.0,
+  )
   z, info = jax.jit(jax.vmap(solve))(scales, x)
   steps = [int(s) for s in info.nstep]
   assert steps[0] < steps[1] < steps[2]  # slower contraction, more steps, each its own count
@@ -225,7 +248,7 @@ def test_two_fixed_points_in_sequence_and_inside_scan():
   np.testing.assert_allclose(model(p1, p2, xs, implicit), model(p1, p2, xs, reference), rtol=1e-11)
   got = jax.jit(jax.grad(lambda a, b, x: model(a, b, x, implicit), argnums=(0, 1, 2)))(p1, p2, xs)
   want = jax.grad(lambda a, b, x: model(a, b, x, reference), argnums=(0, 1, 2))(p1, p2, xs)
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(g, w, rtol=1e-7, atol=1e-10)
 
 
@@ -337,7 +360,7 @@ def test_phantom_one_step_is_the_jacobian_free_gradient():
   z_star, _ = deqjax.fixed_point(tanh_layer, params, x, **kw)
   _, vjp = jax.vjp(lambda p, x: tanh_layer(p, z_star, x), params, x)
   want = vjp(c)
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
 
 
@@ -349,5 +372,7 @@ def test_phantom_with_many_steps_approaches_the_implicit_gradient():
   implicit = jax.grad(loss)(params)
   few = jax.grad(lambda p: loss(p, backward="phantom", phantom_steps=2, phantom_damping=0.8))(params)
   many = jax.grad(lambda p: loss(p, backward="phantom", phantom_steps=60, phantom_damping=0.8))(params)
-  err = lambda g: max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(implicit)))
+  err = lambda g: max(
+    float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(implicit), strict=True)
+  )
   assert err(many) < 1e-8 < err(few)
