@@ -376,3 +376,18 @@ def test_phantom_with_many_steps_approaches_the_implicit_gradient():
     float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(implicit), strict=True)
   )
   assert err(many) < 1e-8 < err(few)
+
+
+def test_compact_and_ring_broyden_take_the_same_steps():
+  # Full history uses the compact form U = M S, V = L D; a limited history stores u, v in a
+  # ring. Until the ring wraps, both are the same algorithm and must give the same iterates.
+  params = tanh_params(jax.random.key(24), width=10, scale=0.9)
+  x = jax.random.normal(jax.random.key(25), (3, 10))
+  kw = dict(max_iter=12, tol=0.0, rtol=0.0, batch_axis=0)
+  z_full, info_full = deqjax.fixed_point(tanh_layer, params, x, solver=deqjax.Broyden(), **kw)
+  z_ring, info_ring = deqjax.fixed_point(tanh_layer, params, x, solver=deqjax.Broyden(history=11), **kw)
+  np.testing.assert_allclose(info_full.trace[:, :12], info_ring.trace[:, :12], rtol=1e-9, atol=1e-14)
+  assert float(jnp.max(info_full.residual)) < 1e-5 * float(jnp.min(info_full.trace[:, 0]))
+  # The ring keeps converging after it wraps.
+  _, info_small = deqjax.fixed_point(tanh_layer, params, x, solver=deqjax.Broyden(history=3), **kw)
+  assert float(jnp.max(info_small.residual)) < 1e-4 * float(jnp.min(info_small.trace[:, 0]))
