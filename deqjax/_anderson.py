@@ -107,10 +107,12 @@ class Anderson:
       count=jnp.zeros((), jnp.int32),
       slot=jnp.zeros((), jnp.int32),
     )
-    state = self._store(state, z, g, jnp.ones((batch,), bool))
-    return state, self.beta * g
+    return self._store(state, z, g, jnp.ones((batch,), bool))
+
+  def direction(self, state, z, g):
+    del g  # the newest residual is already in the history
+    return self._mix(state, z)
 
   def update(self, state, z, g, dz, dg, active):
     del dz, dg
-    state = self._store(state, z, g, active)
-    return state, self._mix(state, z)
+    return self._store(state, z, g, active)

@@ -53,7 +53,8 @@ class CompactBroydenState(NamedTuple):
   d_rows: jax.Array  # [batch, m, n]  D_k = dz_k
   m_coef: jax.Array  # [batch, m, m]  U = M S (row k: u_k)
   l_coef: jax.Array  # [batch, m, m]  V = L D (row k: v_k)
-  d_dot_g: jax.Array  # [batch, m]   D g_prev for the last residual g_prev
+  d_dot_g: jax.Array  # [batch, m]   D g for the last residual g
+  weights: jax.Array  # [batch, m]   the next direction is g - S^T weights
   count: jax.Array  # int32 scalar, rows stored
 
 
@@ -61,6 +62,7 @@ class RingBroydenState(NamedTuple):
   us: jax.Array  # [batch, m, n]
   vs: jax.Array  # [batch, m, n]
   vtg: jax.Array  # [batch, m], V^T g for the current V and the last residual g
+  next_direction: jax.Array  # [batch, n], -B g for the last residual g
   slot: jax.Array  # int32 scalar, next slot to overwrite
 
 
@@ -116,12 +118,12 @@ def _compact_update(state: CompactBroydenState, g, dz, dg, active):
   ok_col = ok[:, None]
   s_rows = _put(state.s_rows, jnp.where(ok_col, dz + dg, 0), k)
   d_rows = _put(state.d_rows, jnp.where(ok_col, dz, 0), k)
-  # Next direction -B_new g = g - sum_i u_i (v_i . g) = g - S^T (M^T c'), c' = c with c'_k = v_k . g.
+  # Next direction -B_new g = g - sum_i u_i (v_i . g) = g - S^T (M^T c'), c' = c with c'_k = v_k . g;
+  # the pass over S is made by `direction`, at the start of the next step.
   c_new = c + unit * jnp.where(ok, v_g, 0)[:, None]
   weights = _vecmat(c_new, m_coef)
-  direction = g - _combine(weights[:, None], s_rows)[:, 0]
   d_dot_g = delta + unit * jnp.where(ok, dz_g, 0)[:, None]
-  return CompactBroydenState(s_rows, d_rows, m_coef, l_coef, d_dot_g, k + 1), direction
+  return CompactBroydenState(s_rows, d_rows, m_coef, l_coef, d_dot_g, weights, k + 1)
 
 
 def _ring_update(state: RingBroydenState, g, dz, dg, active):
@@ -144,7 +146,7 @@ def _ring_update(state: RingBroydenState, g, dz, dg, active):
   us = _put(us, u, slot)
   vs = _put(vs, v, slot)
   vtg = _put(c, v_g, slot)
-  return RingBroydenState(us, vs, vtg, (slot + 1) % us.shape[1]), direction
+  return RingBroydenState(us, vs, vtg, direction, (slot + 1) % us.shape[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,27 +169,38 @@ class Broyden:
 
   def init(self, z, g, max_iter):
     batch, n = g.shape
-    # B_0 = -I, so the first direction -B_0 g is g itself.
-    if self.history is None or self.history >= max_iter:
-      m = max_iter  # one row per update, never overwritten
+    if self.history is None or self.history >= max_iter - 1:
+      # One row per update. The max_iter-th update is never followed by a
+      # direction, so it needs no row of its own: its write is clamped onto
+      # the last row after that row's last use.
+      m = max(max_iter - 1, 1)
       small = jnp.zeros((batch, m, m), g.dtype)
       state = CompactBroydenState(
         s_rows=fresh_zeros((batch, m, n), g),
-        d_rows=fresh_zeros((batch, m, n), g),
+        d_rows=fresh_zeros((batch, m, n), g, element=-1),  # distinct from s_rows: no copy
         m_coef=small,
         l_coef=small,
         d_dot_g=jnp.zeros((batch, m), g.dtype),
+        weights=jnp.zeros((batch, m), g.dtype),
         count=jnp.zeros((), jnp.int32),
       )
     else:
       m = self.history
       state = RingBroydenState(
         us=fresh_zeros((batch, m, n), g),
-        vs=fresh_zeros((batch, m, n), g),
+        vs=fresh_zeros((batch, m, n), g, element=-1),  # distinct from us: no copy
         vtg=jnp.zeros((batch, m), g.dtype),
+        next_direction=g,
         slot=jnp.zeros((), jnp.int32),
       )
-    return state, g
+    return state
+
+  def direction(self, state, z, g):
+    del z
+    if isinstance(state, CompactBroydenState):
+      # B_0 = -I: with no rows (weights 0) this is g, so the first step is z_1 = f(z_0).
+      return g - _combine(state.weights[:, None], state.s_rows)[:, 0]
+    return state.next_direction
 
   def update(self, state, z, g, dz, dg, active):
     del z

@@ -25,22 +25,27 @@ ResidualFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
 class Solver(Protocol):
-  """What a solver supplies to the driver. Directions are steps: z_next = z + direction."""
+  """What a solver supplies to the driver: a memory and the step it proposes (z_next = z + step)."""
 
-  def init(self, z: jax.Array, g: jax.Array, max_iter: int) -> tuple[Any, jax.Array]:
-    """State and first direction from the initial guess z `[batch, n]` and g = f(z) - z."""
+  def init(self, z: jax.Array, g: jax.Array, max_iter: int) -> Any:
+    """Memory from the initial guess z `[batch, n]` and its residual g = f(z) - z."""
 
-  def update(
-    self, state: Any, z: jax.Array, g: jax.Array, dz: jax.Array, dg: jax.Array, active: jax.Array
-  ) -> tuple[Any, jax.Array]:
-    """New state and direction after a step dz that changed the residual by dg.
+  def direction(self, state: Any, z: jax.Array, g: jax.Array) -> jax.Array:
+    """The next step `[batch, n]` from iterate z with residual g.
+
+    Computed at the start of a step, so the last update of a solve (after
+    which the loop stops) never pays for a direction.
+    """
+
+  def update(self, state: Any, z: jax.Array, g: jax.Array, dz: jax.Array, dg: jax.Array, active: jax.Array) -> Any:
+    """New memory after a step dz that led to iterate z, changing the residual by dg.
 
     `active` `[batch]` marks the systems still iterating; the others must be
-    left untouched by the solver's memory (their direction is ignored).
+    left untouched by the solver's memory.
     """
 
 
-def fresh_zeros(shape: tuple[int, ...], anchor: jax.Array) -> jax.Array:
+def fresh_zeros(shape: tuple[int, ...], anchor: jax.Array, element: int = 0) -> jax.Array:
   """Zeros of `anchor`'s dtype that XLA can neither share nor create early.
 
   Solver buffers are large (history x n). Plain `jnp.zeros` are constants:
@@ -49,9 +54,11 @@ def fresh_zeros(shape: tuple[int, ...], anchor: jax.Array) -> jax.Array:
   memory). Deriving the zero from `anchor` (a value the solve computes first)
   keeps each buffer private and allocated only when its solve starts.
   `x != x` is false for every finite x and true for NaN, so the product is 0
-  either way; XLA does not fold float products with 0.
+  either way; XLA does not fold float products with 0. Two buffers anchored on
+  the same array should use different `element`s, or XLA merges them into
+  one broadcast and copies it.
   """
-  scalar = anchor.reshape(-1)[0]
+  scalar = anchor.reshape(-1)[element]
   zero = (scalar != scalar).astype(anchor.dtype) * 0
   return jnp.broadcast_to(zero, shape)
 
@@ -65,7 +72,6 @@ class _Carry(NamedTuple):
   step: jax.Array  # int32 scalar, loop counter
   z: jax.Array  # [batch, n] current iterate
   g: jax.Array  # [batch, n] f(z) - z
-  direction: jax.Array  # [batch, n] next step
   solver_state: Any
   best_z: jax.Array  # [batch, n] lowest-residual iterate seen
   best_residual: jax.Array  # [batch]
@@ -110,7 +116,7 @@ def solve(
   g0, scale0 = residual_fn(z0)
   residual0 = row_norm(g0)
   status0 = _classify(residual0, scale0, residual0, tol, rtol, divergence_ratio)
-  solver_state, direction0 = solver.init(z0, g0, max_iter)
+  solver_state = solver.init(z0, g0, max_iter)
   trace0 = jnp.full((batch, max_iter + 1), -1.0, residual0.dtype).at[:, 0].set(residual0)
 
   def cond(c: _Carry):
@@ -119,7 +125,7 @@ def solve(
   def body(c: _Carry) -> _Carry:
     active = c.status == RUNNING
     active_col = active[:, None]
-    step = jnp.where(active_col, c.direction, 0)
+    step = jnp.where(active_col, solver.direction(c.solver_state, c.z, c.g), 0)
     z = c.z + step
     g, scale = residual_fn(z)
     # A frozen row keeps its residual even if f mixes rows (e.g. batch statistics).
@@ -128,12 +134,11 @@ def solve(
     improved = active & (residual < c.best_residual)
     status = jnp.where(active, _classify(residual, scale, residual0, tol, rtol, divergence_ratio), c.status)
     still_active = status == RUNNING
-    solver_state, direction = solver.update(c.solver_state, z, g, step, g - c.g, still_active)
+    solver_state = solver.update(c.solver_state, z, g, step, g - c.g, still_active)
     return _Carry(
       step=c.step + 1,
       z=z,
       g=g,
-      direction=direction,
       solver_state=solver_state,
       best_z=jnp.where(improved[:, None], z, c.best_z),
       best_residual=jnp.where(improved, residual, c.best_residual),
@@ -150,7 +155,6 @@ def solve(
     step=jnp.zeros((), jnp.int32),
     z=z0,
     g=g0,
-    direction=direction0,
     solver_state=solver_state,
     best_z=z0,
     best_residual=best_residual0,

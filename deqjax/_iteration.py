@@ -20,9 +20,13 @@ class Iteration:
       raise ValueError(f"Iteration damping must be in (0, 1]; got damping={self.damping!r}.")
 
   def init(self, z, g, max_iter):
-    del z, max_iter
-    return (), self.damping * g
+    del z, g, max_iter
+    return ()
+
+  def direction(self, state, z, g):
+    del state, z
+    return self.damping * g
 
   def update(self, state, z, g, dz, dg, active):
-    del z, dz, dg, active
-    return state, self.damping * g
+    del z, g, dz, dg, active
+    return state
