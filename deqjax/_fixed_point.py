@@ -26,6 +26,17 @@ class _SolveOptions:
   rtol: float
   divergence_ratio: float
 
+  @classmethod
+  def checked(cls, solver, max_iter, tol, rtol, divergence_ratio, prefix=""):
+    """Validated options; `prefix` ("" or "backward_") names the arguments in errors."""
+    return cls(
+      solver=checks.resolve_solver(solver, f"{prefix}solver"),
+      max_iter=checks.check_max_iter(max_iter, f"{prefix}max_iter"),
+      tol=checks.check_tolerance(tol, f"{prefix}tol"),
+      rtol=checks.check_tolerance(rtol, f"{prefix}rtol"),
+      divergence_ratio=_check_divergence_ratio(divergence_ratio),
+    )
+
   def run(self, residual_fn, z0_flat):
     return solve(
       residual_fn,
@@ -222,27 +233,23 @@ def fixed_point(
     structure, shape or dtype, and forward-mode differentiation.
 
   Example:
-    >>> import jax.numpy as jnp, deqjax
+    >>> import jax, jax.numpy as jnp, deqjax
     >>> f = lambda a, z, x: a * jnp.tanh(z) + x
-    >>> z, info = deqjax.fixed_point(f, 0.5, jnp.ones(3))
+    >>> z, info = deqjax.fixed_point(f, 0.5, jnp.ones(3), tol=1e-5, rtol=0.0)
     >>> bool(info.converged), bool(jnp.allclose(z, 0.5 * jnp.tanh(z) + 1, atol=1e-5))
     (True, True)
+    >>> grad = jax.grad(lambda a: deqjax.fixed_point(f, a, jnp.ones(3))[0].sum())(0.5)
   """
-  forward = _SolveOptions(
-    solver=checks.resolve_solver(solver, "solver"),
-    max_iter=checks.check_max_iter(max_iter, "max_iter"),
-    tol=checks.check_tolerance(tol, "tol"),
-    rtol=checks.check_tolerance(rtol, "rtol"),
-    divergence_ratio=_check_divergence_ratio(divergence_ratio),
-  )
+  forward = _SolveOptions.checked(solver, max_iter, tol, rtol, divergence_ratio)
   if backward not in BACKWARDS:
     raise ValueError(f"Unknown backward={backward!r}; expected one of {list(BACKWARDS)}.")
-  backward_solve = _SolveOptions(
-    solver=checks.resolve_solver(solver if backward_solver is None else backward_solver, "backward_solver"),
-    max_iter=checks.check_max_iter(backward_max_iter, "backward_max_iter"),
-    tol=checks.check_tolerance(backward_tol, "backward_tol"),
-    rtol=checks.check_tolerance(backward_rtol, "backward_rtol"),
-    divergence_ratio=forward.divergence_ratio,
+  backward_solve = _SolveOptions.checked(
+    solver if backward_solver is None else backward_solver,
+    backward_max_iter,
+    backward_tol,
+    backward_rtol,
+    divergence_ratio,
+    prefix="backward_",
   )
   checks.check_max_iter(phantom_steps, "phantom_steps")
   if not 0 < phantom_damping <= 1:
@@ -318,13 +325,7 @@ def root_find(
   Returns:
     `(z, info)`: the lowest-residual iterate and its `SolveInfo`.
   """
-  options = _SolveOptions(
-    solver=checks.resolve_solver(solver, "solver"),
-    max_iter=checks.check_max_iter(max_iter, "max_iter"),
-    tol=checks.check_tolerance(tol, "tol"),
-    rtol=checks.check_tolerance(rtol, "rtol"),
-    divergence_ratio=_check_divergence_ratio(divergence_ratio),
-  )
+  options = _SolveOptions.checked(solver, max_iter, tol, rtol, divergence_ratio)
   batch_axis = checks.check_batch_axis(batch_axis)
   spec = make_spec(z0, batch_axis, "z0")
   checks.check_same_structure(jax.eval_shape(g, z0), z0, "g(z)", "z0")

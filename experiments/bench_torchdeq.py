@@ -7,7 +7,9 @@ Both sides run the same problem in one process: z = tanh(z W + x U + b), batch 6
 float32, per-sample Broyden with exactly 30 forward and 30 backward (implicit) steps (tol 0,
 full history), loss sum(z cos z), gradients for W, U, b. The injection x U + b is computed once
 per call on both sides. Prints the median time of a forward + backward step for each, the
-speed-up, and the largest relative difference between the two gradients (same weights).
+speed-up, and the largest relative difference between the two gradients (same weights). The
+two libraries take turns in blocks of runs: interleaving single runs lets torch's idle OpenMP
+threads, which spin for a while after each call, slow down the JAX run that follows.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import deqjax
 from experiments.solver_cases import deq_step, median_times, tanh_case
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("repeats", 7, "Timed repetitions (the median is reported).")
+flags.DEFINE_integer("repeats", 3, "Turns of 5 timed runs per library (the median is reported).")
 flags.DEFINE_integer("steps", 30, "Forward and backward Broyden steps.")
 
 
@@ -62,7 +64,7 @@ def main(argv):
     )
     for name in tp
   )
-  times = median_times({"jax": lambda: step(params, x, z0, probe), "torch": torch_step}, FLAGS.repeats)
+  times = median_times({"jax": lambda: step(params, x, z0, probe), "torch": torch_step}, FLAGS.repeats, block=5)
   t_jax, t_torch = times["jax"], times["torch"]
   print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), K = {k}")
   print(

@@ -118,18 +118,23 @@ def floor_step(f, k):
   return jax.jit(run)
 
 
-def median_times(runs: dict, repeats: int) -> dict:
+def median_times(runs: dict, repeats: int, block: int = 1) -> dict:
   """Median seconds of each zero-argument callable, warmed up, timed in alternation.
 
-  Alternating the runs spreads slow drifts of a shared machine over all of them,
-  so their ratios are measured side by side.
+  Alternating the runs spreads slow drifts of a shared machine over all of
+  them, so their ratios are measured side by side. With `block` > 1 each
+  callable runs `block + 1` times per turn and the first (which pays for the
+  previous callable's leftovers, e.g. another framework's spinning threads)
+  is not counted.
   """
   for run in runs.values():
     jax.block_until_ready(run())  # compile and warm up
   times = {name: [] for name in runs}
   for _ in range(repeats):
     for name, run in runs.items():
-      start = time.perf_counter()
-      jax.block_until_ready(run())
-      times[name].append(time.perf_counter() - start)
+      for i in range(block + (block > 1)):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        if block == 1 or i > 0:
+          times[name].append(time.perf_counter() - start)
   return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
