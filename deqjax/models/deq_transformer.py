@@ -1,0 +1,163 @@
+"""DEQ-Transformer language model (Bai et al., 2019), as the reference code ships it.
+
+    tokens -> adaptive embedding x sqrt(d) -> variational dropout -> injection u = W_u e + b_u
+    z* = f(z*; u, memory)  (DEQTransformerCell, per-sample Broyden, implicit backward)
+    output f(z*) -> variational dropout -> projected adaptive log-softmax (tied) -> NLL
+
+The memory carried between segments holds the last `mem_len` equilibrium
+states and their injections, detached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from deqjax._info import SolveInfo
+from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
+from deqjax.nn.attention import sinusoid_positions
+from deqjax.nn.deq_layer import solve_cell
+from deqjax.nn.dropout import apply_mask, variational_mask
+from deqjax.nn.transformer_cell import DEQTransformerCell
+
+
+@dataclasses.dataclass(frozen=True)
+class DEQTransformerConfig:
+  """Architecture and solver settings.
+
+  Attributes:
+    n_token: vocabulary size.
+    d_model: state width (= d_proj of the adaptive embedding).
+    n_head, d_head: attention heads and their width (d_head None: d_model // n_head).
+    d_inner: feed-forward width.
+    d_embed: embedding width of the head cluster (None: d_model).
+    cutoffs: adaptive softmax boundaries (empty: a plain tied softmax).
+    div_val: width divisor between clusters.
+    dropout: variational dropout on the embedding, the FFN hidden units and the output.
+    mem_len: equilibrium states kept as memory for the next segment.
+    f_max_iter, b_max_iter: forward / backward solver caps.
+    f_tol, b_tol: relative tolerances of the forward / backward solves.
+    pretrain_depth: unrolled layers in the pretraining mode.
+    feed_fz: feed f(z*) rather than z* to the softmax, as the 2019 reference does.
+  """
+
+  n_token: int
+  d_model: int
+  n_head: int
+  d_inner: int
+  d_head: int | None = None
+  d_embed: int | None = None
+  cutoffs: tuple[int, ...] = ()
+  div_val: int = 1
+  dropout: float = 0.0
+  mem_len: int = 0
+  f_max_iter: int = 30
+  b_max_iter: int = 40
+  f_tol: float = 1e-3
+  b_tol: float = 1e-3
+  pretrain_depth: int = 2
+  feed_fz: bool = True
+
+  def __post_init__(self):
+    if self.d_head is None:
+      if self.d_model % self.n_head:
+        raise ValueError(
+          f"d_model={self.d_model} is not divisible by n_head={self.n_head}; set d_head explicitly or change one."
+        )
+      object.__setattr__(self, "d_head", self.d_model // self.n_head)
+    if self.d_embed is None:
+      object.__setattr__(self, "d_embed", self.d_model)
+    object.__setattr__(self, "cutoffs", tuple(self.cutoffs))
+    if self.cutoffs:
+      check_cutoffs(self.n_token, self.cutoffs, self.div_val)
+    if not 0 <= self.dropout < 1:
+      raise ValueError(f"dropout must be in [0, 1); got {self.dropout}.")
+
+
+class Memory(NamedTuple):
+  """What one segment hands the next: `z` `[b, mem_len, d]`, `u` `[b, mem_len, 3 h d]` (detached)."""
+
+  z: jax.Array
+  u: jax.Array
+
+
+class LMOutput(NamedTuple):
+  nll: jax.Array  # [b, q] float32
+  memory: Memory
+  info: SolveInfo | None  # forward solve, per sample; None when pretraining
+
+
+class DEQTransformerLM(nnx.Module):
+  def __init__(self, config: DEQTransformerConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
+    self.injection = nnx.Linear(c.d_model, 3 * c.n_head * c.d_head, rngs=rngs)
+    self.cell = DEQTransformerCell(c.d_model, c.n_head, c.d_head, c.d_inner, rngs=rngs)
+    self.softmax = ProjectedAdaptiveLogSoftmax(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
+
+  def init_memory(self, batch: int, dtype=jnp.float32) -> Memory:
+    """An empty memory (length 0): the first segment sees no context."""
+    c = self.config
+    return Memory(jnp.zeros((batch, 0, c.d_model), dtype), jnp.zeros((batch, 0, 3 * c.n_head * c.d_head), dtype))
+
+  def __call__(
+    self,
+    tokens: jax.Array,
+    targets: jax.Array,
+    memory: Memory | None = None,
+    *,
+    dropout_key: jax.Array | None = None,
+    mode: str = "deq",
+    dtype=jnp.float32,
+    **solver_overrides,
+  ) -> LMOutput:
+    """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the memory.
+
+    Args:
+      dropout_key: PRNG key for the variational masks; None evaluates (no dropout).
+      mode: "deq" or "pretrain" (unrolled `pretrain_depth` layers).
+      dtype: compute dtype of the cell (e.g. jnp.bfloat16); the softmax runs in float32.
+      solver_overrides: `deqjax.fixed_point` options for this call.
+    """
+    c = self.config
+    b, q = tokens.shape
+    memory = self.init_memory(b, dtype) if memory is None else memory
+    keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
+    emb = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
+    u_segment = self.injection(emb)
+    u = jnp.concatenate([memory.u.astype(dtype), u_segment], axis=1)
+    pos_emb = sinusoid_positions(u.shape[1], c.d_model, dtype)
+    ff_mask = variational_mask(keys[1], b, c.d_inner, c.dropout, dtype)
+    weights, inputs = self.cell.prepare(u, memory.z.astype(dtype), pos_emb, ff_mask)
+    weights = jax.tree.map(lambda w: w.astype(dtype), weights)
+    options = dict(
+      solver="broyden",
+      max_iter=c.f_max_iter,
+      tol=0.0,
+      rtol=c.f_tol,
+      batch_axis=0,
+      backward_max_iter=c.b_max_iter,
+      backward_tol=0.0,
+      backward_rtol=c.b_tol,
+    )
+    options.update(solver_overrides)
+    z0 = jnp.zeros((b, q, c.d_model), dtype)
+    z_star, info = solve_cell(
+      DEQTransformerCell.step, weights, inputs, z0, mode=mode, pretrain_depth=c.pretrain_depth, **options
+    )
+    out = DEQTransformerCell.step(weights, z_star, inputs) if c.feed_fz else z_star
+    out = apply_mask(out, variational_mask(keys[2], b, c.d_model, c.dropout, dtype))
+    nll = self.softmax.nll(out.reshape(b * q, -1).astype(jnp.float32), targets.reshape(-1), self.embedding)
+    keep = c.mem_len
+    new_memory = Memory(
+      jax.lax.stop_gradient(
+        jnp.concatenate([memory.z.astype(dtype), z_star], axis=1)[:, -keep:] if keep else z0[:, :0]
+      ),
+      jax.lax.stop_gradient(u[:, -keep:] if keep else u[:, :0]),
+    )
+    return LMOutput(nll.reshape(b, q), new_memory, info)

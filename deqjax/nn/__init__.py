@@ -1,0 +1,23 @@
+"""Flax NNX building blocks for DEQ language models (the core `deqjax` stays Flax-free)."""
+
+from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
+from deqjax.nn.attention import layer_norm, rel_shift, relative_attention, sinusoid_positions
+from deqjax.nn.deq_layer import solve_cell
+from deqjax.nn.dropout import apply_mask, variational_mask
+from deqjax.nn.transformer_cell import DEQTransformerCell
+from deqjax.nn.weight_norm import WeightNormDense, dense
+
+__all__ = [
+  "AdaptiveEmbedding",
+  "DEQTransformerCell",
+  "ProjectedAdaptiveLogSoftmax",
+  "WeightNormDense",
+  "apply_mask",
+  "dense",
+  "layer_norm",
+  "rel_shift",
+  "relative_attention",
+  "sinusoid_positions",
+  "solve_cell",
+  "variational_mask",
+]

@@ -1,0 +1,128 @@
+"""Adaptive input embedding and projected adaptive log-softmax (Baevski & Auli; Transformer-XL).
+
+The vocabulary is split by frequency at `cutoffs` into clusters; cluster i
+has embedding width d_embed // div_val**i and a projection to d_proj. The
+softmax reuses the embedding tables as output weights (tied) and, for the
+tail clusters, the embedding projections too; the head projection is its own
+parameter. Projections are stored `[d_proj, d_i]`: the embedding maps
+e -> e @ P^T, the softmax h -> h @ P.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def check_cutoffs(n_token: int, cutoffs, div_val: int) -> tuple[int, ...]:
+  """Validated cluster boundaries (0, *cutoffs, n_token)."""
+  cutoffs = tuple(int(c) for c in cutoffs)
+  if any(b <= a for a, b in zip((0,) + cutoffs, cutoffs + (n_token,), strict=True)):
+    raise ValueError(
+      f"cutoffs must be strictly increasing, positive and below the vocabulary size; got cutoffs={list(cutoffs)}"
+      f" with n_token={n_token}."
+    )
+  if isinstance(div_val, bool) or not isinstance(div_val, int) or div_val < 1:
+    raise ValueError(f"div_val must be an int >= 1; got div_val={div_val!r}.")
+  return (0,) + cutoffs + (n_token,)
+
+
+def cluster_dims(d_embed: int, n_clusters: int, div_val: int) -> list[int]:
+  return [d_embed // div_val**i for i in range(n_clusters)]
+
+
+class AdaptiveEmbedding(nnx.Module):
+  """tokens `[...]` -> `[..., d_proj]`, scaled by sqrt(d_proj)."""
+
+  def __init__(self, n_token, d_embed, d_proj, cutoffs, div_val=1, *, rngs: nnx.Rngs):
+    self.bounds = check_cutoffs(n_token, cutoffs, div_val) if div_val > 1 else (0, n_token)
+    n_clusters = len(self.bounds) - 1
+    dims = cluster_dims(d_embed, n_clusters, div_val)
+    self.tables = nnx.List(
+      nnx.Param(0.02 * jax.random.normal(rngs.params(), (hi - lo, dim)))
+      for lo, hi, dim in zip(self.bounds[:-1], self.bounds[1:], dims, strict=True)
+    )
+    needs_proj = div_val > 1 or d_proj != d_embed
+    self.projs = nnx.List(
+      nnx.Param(0.01 * jax.random.normal(rngs.params(), (d_proj, dim))) for dim in dims if needs_proj
+    )
+    self.d_proj = d_proj
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    out = 0.0
+    for i, (lo, hi) in enumerate(zip(self.bounds[:-1], self.bounds[1:], strict=True)):
+      inside = (tokens >= lo) & (tokens < hi)
+      emb = self.tables[i][...][jnp.clip(tokens - lo, 0, hi - lo - 1)]
+      if len(self.projs):
+        emb = emb @ self.projs[i][...].T
+      out = out + jnp.where(inside[..., None], emb, 0.0)
+    return out * self.d_proj**0.5
+
+
+class ProjectedAdaptiveLogSoftmax(nnx.Module):
+  """Log-probabilities over the vocabulary, tied to an `AdaptiveEmbedding`.
+
+  Own parameters: one bias per word, the cluster tokens' weights and biases in
+  the head, and the head projection (the tail clusters share the embedding's
+  projections). The embedding is passed at call time, so tied weights exist
+  once.
+  """
+
+  def __init__(self, n_token, d_embed, d_proj, cutoffs, div_val=1, *, rngs: nnx.Rngs):
+    self.bounds = check_cutoffs(n_token, cutoffs, div_val) if div_val > 1 else (0, n_token)
+    n_clusters = len(self.bounds) - 1
+    self.biases = nnx.List(
+      nnx.Param(jnp.zeros((hi - lo,))) for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True)
+    )
+    dims = cluster_dims(d_embed, n_clusters, div_val)
+    self.cluster_weight = nnx.Param(jnp.zeros((n_clusters - 1, dims[0]))) if n_clusters > 1 else None
+    self.cluster_bias = nnx.Param(jnp.zeros((n_clusters - 1,))) if n_clusters > 1 else None
+    needs_proj = div_val > 1 or d_proj != d_embed
+    self.head_proj = nnx.Param(0.01 * jax.random.normal(rngs.params(), (d_proj, dims[0]))) if needs_proj else None
+
+  def _projection(self, i, embedding: AdaptiveEmbedding):
+    if i == 0:
+      return None if self.head_proj is None else self.head_proj[...]
+    return embedding.projs[i][...] if len(embedding.projs) else None
+
+  def _cluster_logprobs(self, hidden, embedding):
+    """[head log-probs [N, c0 + n_clusters - 1], tail log-probs per cluster [N, size_i]]."""
+    out = []
+    for i in range(len(self.bounds) - 1):
+      proj = self._projection(i, embedding)
+      h = hidden if proj is None else hidden @ proj.astype(hidden.dtype)
+      weight, bias = embedding.tables[i][...], self.biases[i][...]
+      if i == 0 and self.cluster_weight is not None:
+        weight = jnp.concatenate([weight, self.cluster_weight[...]], axis=0)
+        bias = jnp.concatenate([bias, self.cluster_bias[...]], axis=0)
+      logits = (h @ weight.T.astype(h.dtype)).astype(jnp.float32) + bias[None, :]
+      out.append(jax.nn.log_softmax(logits, axis=-1))
+    return out
+
+  def log_probs(self, hidden: jax.Array, embedding: AdaptiveEmbedding) -> jax.Array:
+    """Full distribution: hidden `[N, d_proj]` -> `[N, n_token]` log-probabilities (float32)."""
+    head, *tails = self._cluster_logprobs(hidden, embedding)
+    c0 = self.bounds[1]
+    parts = [head[:, :c0]] + [head[:, c0 + i, None] + tail for i, tail in enumerate(tails)]
+    return jnp.concatenate(parts, axis=-1)
+
+  def nll(self, hidden: jax.Array, targets: jax.Array, embedding: AdaptiveEmbedding, chunk: int = 1024):
+    """-log p(target): hidden `[N, d_proj]`, targets `[N]` -> `[N]` (float32).
+
+    Tokens are processed `chunk` at a time, so the tail logits never exceed
+    `[chunk, cluster size]` in memory.
+    """
+
+    def one(args):
+      h, t = args
+      head, *tails = self._cluster_logprobs(h[None], embedding)
+      c0 = self.bounds[1]
+      logp = head[0, jnp.clip(t, 0, c0 - 1)]
+      for i, tail in enumerate(tails):
+        lo, hi = self.bounds[i + 1], self.bounds[i + 2]
+        inside = (t >= lo) & (t < hi)
+        logp = jnp.where(inside, head[0, c0 + i] + tail[0, jnp.clip(t - lo, 0, hi - lo - 1)], logp)
+      return -logp
+
+    return jax.lax.map(one, (hidden, targets), batch_size=chunk)

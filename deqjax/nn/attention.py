@@ -1,0 +1,66 @@
+"""Transformer-XL relative multi-head attention, as pure functions.
+
+Shapes: b batch, q query length, m memory length, k = m + q key length,
+h heads, d per-head dimension.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def sinusoid_positions(klen: int, d_model: int, dtype=jnp.float32) -> jax.Array:
+  """Relative position embeddings for distances klen-1, ..., 0: `[klen, d_model]` ([sin, cos])."""
+  positions = jnp.arange(klen - 1, -1, -1, dtype=jnp.float32)
+  inv_freq = 1.0 / (10000 ** (jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model))
+  angles = positions[:, None] * inv_freq[None, :]
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).astype(dtype)
+
+
+def rel_shift(x: jax.Array) -> jax.Array:
+  """Aligns position scores `[b, h, q, k]` from distance order to key order.
+
+  Column j of the input scores distance klen-1-j; after the shift, entry
+  (i, j) scores query i (absolute position m + i) against key j, i.e. the
+  input's column j + q - 1 - i. Entries with j > m + i (future keys) hold
+  other scores and must be masked.
+  """
+  b, h, q, k = x.shape
+  padded = jnp.concatenate([jnp.zeros((b, h, q, 1), x.dtype), x], axis=-1)
+  return padded.reshape(b, h, k + 1, q)[:, :, 1:].reshape(b, h, q, k)
+
+
+def causal_mask(qlen: int, mlen: int) -> jax.Array:
+  """`[q, k]` True where query i may attend key j (j <= m + i): all memory, past and self."""
+  return jnp.arange(mlen + qlen)[None, :] <= (jnp.arange(qlen)[:, None] + mlen)
+
+
+def relative_attention(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int) -> jax.Array:
+  """Transformer-XL attention with learnable content/position biases.
+
+  Args:
+    q: `[b, q, h, d]` queries of the current segment.
+    k, v: `[b, k, h, d]` keys and values over [memory; segment].
+    r_k: `[k, h, d]` projected relative position embeddings (distances k-1..0).
+    r_w_bias, r_r_bias: `[h, d]` content and position biases.
+    mlen: memory length m (static).
+
+  Returns:
+    `[b, q, h, d]` attention output (softmax in float32).
+  """
+  d_head = q.shape[-1]
+  content = jnp.einsum("bqhd,bkhd->bhqk", q + r_w_bias[None, None].astype(q.dtype), k)
+  position = rel_shift(jnp.einsum("bqhd,khd->bhqk", q + r_r_bias[None, None].astype(q.dtype), r_k))
+  scores = (content + position).astype(jnp.float32) / jnp.sqrt(jnp.float32(d_head))
+  scores = jnp.where(causal_mask(q.shape[1], mlen)[None, None], scores, -jnp.inf)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """LayerNorm over the last axis without learnable scale or bias (statistics in float32)."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)

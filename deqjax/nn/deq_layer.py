@@ -1,0 +1,53 @@
+"""Running a cell to its equilibrium (DEQ mode) or unrolled L times (pretraining mode)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+from deqjax._fixed_point import fixed_point
+from deqjax._info import SolveInfo
+
+MODES = ("deq", "pretrain")
+
+
+def solve_cell(
+  step: Callable[[Any, Any, Any], Any],
+  weights: Any,
+  inputs: Any,
+  z0: Any,
+  *,
+  mode: str = "deq",
+  pretrain_depth: int = 2,
+  **solver_options,
+) -> tuple[Any, SolveInfo | None]:
+  """The cell's output state in either training regime.
+
+  Args:
+    step: the cell's f(weights, z, inputs) (pure; weights are passed, not closed over).
+    weights, inputs: as `step` takes them (weights differentiated implicitly).
+    z0: the initial state (its gradient is zero in DEQ mode).
+    mode: "deq" solves z* = f(z*) with `deqjax.fixed_point(**solver_options)`;
+      "pretrain" applies f `pretrain_depth` times from z0 with ordinary backprop
+      (the reference's shallow weight-tied warm-up).
+    pretrain_depth: L for the pretraining mode.
+
+  Returns:
+    (z, info): info is the forward `SolveInfo` in DEQ mode and None when pretraining.
+  """
+  if mode == "deq":
+    return fixed_point(step, weights, inputs, z0, **solver_options)
+  if mode == "pretrain":
+    if isinstance(pretrain_depth, bool) or not isinstance(pretrain_depth, int) or pretrain_depth < 1:
+      raise ValueError(f"pretrain_depth must be an int >= 1; got {pretrain_depth!r}.")
+    z = z0
+    for _ in range(pretrain_depth):
+      z = step(weights, z, inputs)
+    return z, None
+  raise ValueError(f"Unknown mode={mode!r}; expected one of {list(MODES)}.")
+
+
+def unrolled(step, weights, inputs, z0, depth: int):
+  """f applied `depth` times in a `fori_loop` (reference for tests and baselines)."""
+  return jax.lax.fori_loop(0, depth, lambda _, z: step(weights, z, inputs), z0)

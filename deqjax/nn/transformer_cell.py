@@ -1,0 +1,93 @@
+"""The DEQ-Transformer cell f(z; u): a weight-tied Transformer-XL layer with input injection.
+
+    qkv = W_qkv [z_mem; z] + u                      (u injected into Q, K and V, memory included)
+    a   = W_o RelAttn(q, k, v; r = W_r pos) + b_o
+    z'  = LN(z + a)
+    f   = LN(z' + W_2 drop(ReLU(W_1 z' + b_1)) + b_2)
+
+LayerNorm has no learnable scale or bias; qkv, r, o, ff1 and ff2 are weight
+normalised. Shapes: z `[batch, q, d_model]`, memory `[batch, m, d_model]`,
+u `[batch, m + q, 3 * n_head * d_head]`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from deqjax.nn.attention import layer_norm, relative_attention
+from deqjax.nn.dropout import apply_mask
+from deqjax.nn.weight_norm import WeightNormDense, dense
+
+
+class DEQTransformerCell(nnx.Module):
+  """Parameters of the cell; `prepare` + `step` make the solver's f.
+
+  `prepare` does, once per segment, everything that does not depend on z:
+  weight normalisation, the memory's keys and values, the projected position
+  embeddings. `step(weights, z, inputs)` is then the pure f handed to
+  `deqjax.fixed_point`.
+  """
+
+  def __init__(self, d_model: int, n_head: int, d_head: int, d_inner: int, *, rngs: nnx.Rngs):
+    width = n_head * d_head
+    self.qkv = WeightNormDense(d_model, 3 * width, use_bias=False, rngs=rngs)
+    self.r_net = WeightNormDense(d_model, width, use_bias=False, rngs=rngs)
+    self.r_w_bias = nnx.Param(jax.random.uniform(rngs.params(), (n_head, d_head), jnp.float32, -0.05, 0.05))
+    self.r_r_bias = nnx.Param(jax.random.uniform(rngs.params(), (n_head, d_head), jnp.float32, -0.05, 0.05))
+    self.o_net = WeightNormDense(width, d_model, use_bias=True, rngs=rngs)
+    self.ff1 = WeightNormDense(d_model, d_inner, use_bias=True, rngs=rngs)
+    self.ff2 = WeightNormDense(d_inner, d_model, use_bias=True, rngs=rngs)
+    self.n_head, self.d_head = n_head, d_head
+
+  def prepare(self, u: jax.Array, z_mem: jax.Array, pos_emb: jax.Array, ff_mask: jax.Array | None):
+    """Per-segment constants.
+
+    Args:
+      u: `[b, m + q, 3 * h * d]` injection over [memory; segment].
+      z_mem: `[b, m, d_model]` memory (previous equilibria, no gradient).
+      pos_emb: `[m + q, d_model]` sinusoidal embeddings for distances m+q-1..0.
+      ff_mask: variational dropout mask `[b, 1, d_inner]` or None.
+
+    Returns:
+      (weights, inputs) for `step`.
+    """
+    b, m = z_mem.shape[:2]
+    h, d = self.n_head, self.d_head
+    qkv = self.qkv.weights()
+    mem_qkv = dense(qkv, z_mem) + u[:, :m]
+    k_mem, v_mem = mem_qkv[..., h * d : 2 * h * d], mem_qkv[..., 2 * h * d :]
+    weights = {
+      "qkv": qkv,
+      "o": self.o_net.weights(),
+      "ff1": self.ff1.weights(),
+      "ff2": self.ff2.weights(),
+      "r_w_bias": self.r_w_bias[...],
+      "r_r_bias": self.r_r_bias[...],
+    }
+    inputs = {
+      "u": u[:, m:],
+      "k_mem": k_mem.reshape(b, m, h, d),
+      "v_mem": v_mem.reshape(b, m, h, d),
+      "r_k": dense(self.r_net.weights(), pos_emb).reshape(-1, h, d),
+      "ff_mask": ff_mask,
+    }
+    return weights, inputs
+
+  @staticmethod
+  def step(weights: dict, z: jax.Array, inputs: dict) -> jax.Array:
+    """f(z): `[b, q, d_model]` -> `[b, q, d_model]`."""
+    b, q, _ = z.shape
+    h, d = weights["r_w_bias"].shape
+    qkv = dense(weights["qkv"], z) + inputs["u"].astype(z.dtype)
+    query = qkv[..., : h * d].reshape(b, q, h, d)
+    key = jnp.concatenate([inputs["k_mem"].astype(z.dtype), qkv[..., h * d : 2 * h * d].reshape(b, q, h, d)], axis=1)
+    value = jnp.concatenate([inputs["v_mem"].astype(z.dtype), qkv[..., 2 * h * d :].reshape(b, q, h, d)], axis=1)
+    mlen = inputs["k_mem"].shape[1]
+    attn = relative_attention(
+      query, key, value, inputs["r_k"].astype(z.dtype), weights["r_w_bias"], weights["r_r_bias"], mlen
+    )
+    z1 = layer_norm(z + dense(weights["o"], attn.reshape(b, q, h * d)))
+    hidden = apply_mask(jax.nn.relu(dense(weights["ff1"], z1)), inputs["ff_mask"])
+    return layer_norm(z1 + dense(weights["ff2"], hidden))

@@ -1,0 +1,46 @@
+"""Weight-normalised dense layer: W = g * v / ||v|| (one gain per output unit)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class WeightNormDense(nnx.Module):
+  """Dense layer with weight normalisation (Salimans & Kingma, 2016).
+
+  The effective kernel `g * v / ||v||` (norm over the input axis) is formed by
+  `weights()`, once per forward pass: a DEQ cell passes the result to the
+  solver, so the normalisation is not recomputed at every solver step.
+  At initialisation g = ||v||, so the effective kernel equals v.
+
+  Attributes:
+    v: `[d_in, d_out]` direction.
+    g: `[d_out]` gain.
+    bias: `[d_out]` or None.
+  """
+
+  def __init__(self, d_in: int, d_out: int, *, use_bias: bool = True, init_scale: float = 1.0, rngs: nnx.Rngs):
+    bound = init_scale / d_in**0.5
+    v = jax.random.uniform(rngs.params(), (d_in, d_out), jnp.float32, -bound, bound)
+    self.v = nnx.Param(v)
+    self.g = nnx.Param(jnp.linalg.norm(v, axis=0))
+    self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if use_bias else None
+
+  def weights(self) -> dict:
+    """`{"kernel": [d_in, d_out], "bias": [d_out] (if any)}` with the normalisation applied."""
+    v = self.v[...]
+    kernel = v * (self.g[...] / jnp.linalg.norm(v, axis=0))[None, :]
+    return {"kernel": kernel} if self.bias is None else {"kernel": kernel, "bias": self.bias[...]}
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return dense(self.weights(), x)
+
+
+def dense(weights: dict, x: jax.Array) -> jax.Array:
+  """x `[..., d_in]` @ kernel (+ bias) -> `[..., d_out]`, in x's dtype."""
+  y = x @ weights["kernel"].astype(x.dtype)
+  if "bias" in weights:
+    y = y + weights["bias"].astype(x.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+  return y
