@@ -86,7 +86,7 @@ class Memory(NamedTuple):
 
 
 class LMOutput(NamedTuple):
-  nll: jax.Array  # [b, q] float32
+  nll: jax.Array  # [b, q], float32 (float64 for a float64 model)
   memory: Memory
   info: SolveInfo | None  # forward solve, per sample; None when pretraining
 
@@ -121,7 +121,7 @@ class DEQTransformerLM(nnx.Module):
     Args:
       dropout_key: PRNG key for the variational masks; None evaluates (no dropout).
       mode: "deq" or "pretrain" (unrolled `pretrain_depth` layers).
-      dtype: compute dtype of the cell (e.g. jnp.bfloat16); the softmax runs in float32.
+      dtype: compute dtype of the cell (e.g. jnp.bfloat16); the softmax runs in at least float32.
       solver_overrides: `deqjax.fixed_point` options for this call.
     """
     c = self.config
@@ -152,7 +152,8 @@ class DEQTransformerLM(nnx.Module):
     )
     out = DEQTransformerCell.step(weights, z_star, inputs) if c.feed_fz else z_star
     out = apply_mask(out, variational_mask(keys[2], b, c.d_model, c.dropout, dtype))
-    nll = self.softmax.nll(out.reshape(b * q, -1).astype(jnp.float32), targets.reshape(-1), self.embedding)
+    acc = jnp.promote_types(dtype, jnp.float32)
+    nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
     keep = c.mem_len
     new_memory = Memory(
       jax.lax.stop_gradient(

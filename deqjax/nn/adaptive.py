@@ -40,12 +40,12 @@ class AdaptiveEmbedding(nnx.Module):
     n_clusters = len(self.bounds) - 1
     dims = cluster_dims(d_embed, n_clusters, div_val)
     self.tables = nnx.List(
-      nnx.Param(0.02 * jax.random.normal(rngs.params(), (hi - lo, dim)))
+      nnx.Param(0.02 * jax.random.normal(rngs.params(), (hi - lo, dim), jnp.float32))
       for lo, hi, dim in zip(self.bounds[:-1], self.bounds[1:], dims, strict=True)
     )
     needs_proj = div_val > 1 or d_proj != d_embed
     self.projs = nnx.List(
-      nnx.Param(0.01 * jax.random.normal(rngs.params(), (d_proj, dim))) for dim in dims if needs_proj
+      nnx.Param(0.01 * jax.random.normal(rngs.params(), (d_proj, dim), jnp.float32)) for dim in dims if needs_proj
     )
     self.d_proj = d_proj
 
@@ -73,13 +73,15 @@ class ProjectedAdaptiveLogSoftmax(nnx.Module):
     self.bounds = check_cutoffs(n_token, cutoffs, div_val) if div_val > 1 else (0, n_token)
     n_clusters = len(self.bounds) - 1
     self.biases = nnx.List(
-      nnx.Param(jnp.zeros((hi - lo,))) for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True)
+      nnx.Param(jnp.zeros((hi - lo,), jnp.float32)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True)
     )
     dims = cluster_dims(d_embed, n_clusters, div_val)
-    self.cluster_weight = nnx.Param(jnp.zeros((n_clusters - 1, dims[0]))) if n_clusters > 1 else None
-    self.cluster_bias = nnx.Param(jnp.zeros((n_clusters - 1,))) if n_clusters > 1 else None
+    self.cluster_weight = nnx.Param(jnp.zeros((n_clusters - 1, dims[0]), jnp.float32)) if n_clusters > 1 else None
+    self.cluster_bias = nnx.Param(jnp.zeros((n_clusters - 1,), jnp.float32)) if n_clusters > 1 else None
     needs_proj = div_val > 1 or d_proj != d_embed
-    self.head_proj = nnx.Param(0.01 * jax.random.normal(rngs.params(), (d_proj, dims[0]))) if needs_proj else None
+    self.head_proj = (
+      nnx.Param(0.01 * jax.random.normal(rngs.params(), (d_proj, dims[0]), jnp.float32)) if needs_proj else None
+    )
 
   def _projection(self, i, embedding: AdaptiveEmbedding):
     if i == 0:
@@ -96,19 +98,20 @@ class ProjectedAdaptiveLogSoftmax(nnx.Module):
       if i == 0 and self.cluster_weight is not None:
         weight = jnp.concatenate([weight, self.cluster_weight[...]], axis=0)
         bias = jnp.concatenate([bias, self.cluster_bias[...]], axis=0)
-      logits = (h @ weight.T.astype(h.dtype)).astype(jnp.float32) + bias[None, :]
+      acc = jnp.promote_types(h.dtype, jnp.float32)  # at least float32
+      logits = (h @ weight.T.astype(h.dtype)).astype(acc) + bias[None, :].astype(acc)
       out.append(jax.nn.log_softmax(logits, axis=-1))
     return out
 
   def log_probs(self, hidden: jax.Array, embedding: AdaptiveEmbedding) -> jax.Array:
-    """Full distribution: hidden `[N, d_proj]` -> `[N, n_token]` log-probabilities (float32)."""
+    """Full distribution: hidden `[N, d_proj]` -> `[N, n_token]` log-probabilities (at least float32)."""
     head, *tails = self._cluster_logprobs(hidden, embedding)
     c0 = self.bounds[1]
     parts = [head[:, :c0]] + [head[:, c0 + i, None] + tail for i, tail in enumerate(tails)]
     return jnp.concatenate(parts, axis=-1)
 
   def nll(self, hidden: jax.Array, targets: jax.Array, embedding: AdaptiveEmbedding, chunk: int = 1024):
-    """-log p(target): hidden `[N, d_proj]`, targets `[N]` -> `[N]` (float32).
+    """-log p(target): hidden `[N, d_proj]`, targets `[N]` -> `[N]` (at least float32).
 
     Tokens are processed `chunk` at a time, so the tail logits never exceed
     `[chunk, cluster size]` in memory.

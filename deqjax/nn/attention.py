@@ -47,20 +47,21 @@ def relative_attention(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int) -> jax.Array
     mlen: memory length m (static).
 
   Returns:
-    `[b, q, h, d]` attention output (softmax in float32).
+    `[b, q, h, d]` attention output (softmax in at least float32).
   """
   d_head = q.shape[-1]
   content = jnp.einsum("bqhd,bkhd->bhqk", q + r_w_bias[None, None].astype(q.dtype), k)
   position = rel_shift(jnp.einsum("bqhd,khd->bhqk", q + r_r_bias[None, None].astype(q.dtype), r_k))
-  scores = (content + position).astype(jnp.float32) / jnp.sqrt(jnp.float32(d_head))
+  acc = jnp.promote_types(q.dtype, jnp.float32)  # float32 for 16-bit inputs, float64 stays
+  scores = (content + position).astype(acc) / jnp.sqrt(jnp.asarray(d_head, acc))
   scores = jnp.where(causal_mask(q.shape[1], mlen)[None, None], scores, -jnp.inf)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
-  """LayerNorm over the last axis without learnable scale or bias (statistics in float32)."""
-  x32 = x.astype(jnp.float32)
+  """LayerNorm over the last axis without learnable scale or bias (statistics in at least float32)."""
+  x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   mean = jnp.mean(x32, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
   return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -41,13 +42,10 @@ def solve_cell(
   if mode == "pretrain":
     if isinstance(pretrain_depth, bool) or not isinstance(pretrain_depth, int) or pretrain_depth < 1:
       raise ValueError(f"pretrain_depth must be an int >= 1; got {pretrain_depth!r}.")
-    z = z0
-    for _ in range(pretrain_depth):
-      z = step(weights, z, inputs)
-    return z, None
+    return unrolled(step, weights, inputs, z0, pretrain_depth), None
   raise ValueError(f"Unknown mode={mode!r}; expected one of {list(MODES)}.")
 
 
 def unrolled(step, weights, inputs, z0, depth: int):
-  """f applied `depth` times in a `fori_loop` (reference for tests and baselines)."""
+  """f applied `depth` times (a `fori_loop` with a static count: a scan under reverse mode)."""
   return jax.lax.fori_loop(0, depth, lambda _, z: step(weights, z, inputs), z0)
