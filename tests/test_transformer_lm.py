@@ -65,7 +65,7 @@ def test_relative_attention_matches_a_direct_sum():
   np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("cutoffs, div_val", [((10, 25), 2), ((5, 12, 30), 3), ((), 1)])
+@pytest.mark.parametrize("cutoffs, div_val", [((10, 25), 2), ((5, 12, 30), 3), ((), 1), ((8, 20), 1)])
 def test_adaptive_softmax_normalises_and_nll_matches(cutoffs, div_val):
   n_token, d = 40, 12
   rngs = nnx.Rngs(0)

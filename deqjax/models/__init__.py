@@ -1,5 +1,15 @@
 """Language models built from `deqjax.nn`."""
 
 from deqjax.models.deq_transformer import DEQTransformerConfig, DEQTransformerLM, LMOutput, Memory
+from deqjax.models.deq_trellisnet import DEQTrellisNetConfig, DEQTrellisNetLM, TrellisMemory, TrellisOutput
 
-__all__ = ["DEQTransformerConfig", "DEQTransformerLM", "LMOutput", "Memory"]
+__all__ = [
+  "DEQTransformerConfig",
+  "DEQTransformerLM",
+  "DEQTrellisNetConfig",
+  "DEQTrellisNetLM",
+  "LMOutput",
+  "Memory",
+  "TrellisMemory",
+  "TrellisOutput",
+]

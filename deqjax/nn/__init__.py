@@ -5,7 +5,8 @@ from deqjax.nn.attention import layer_norm, rel_shift, relative_attention, sinus
 from deqjax.nn.deq_layer import solve_cell
 from deqjax.nn.dropout import apply_mask, variational_mask
 from deqjax.nn.transformer_cell import DEQTransformerCell
-from deqjax.nn.weight_norm import WeightNormDense, dense
+from deqjax.nn.trellisnet_cell import DEQTrellisNetCell
+from deqjax.nn.weight_norm import WeightNormConv1D, WeightNormDense, causal_conv, dense
 
 __all__ = [
   "AdaptiveEmbedding",

@@ -33,9 +33,9 @@ def cluster_dims(d_embed: int, n_clusters: int, div_val: int) -> list[int]:
 
 
 class AdaptiveEmbedding(nnx.Module):
-  """tokens `[...]` -> `[..., d_proj]`, scaled by sqrt(d_proj)."""
+  """tokens `[...]` -> `[..., d_proj]`, scaled by sqrt(d_proj) (Transformer-XL) unless `scale=False`."""
 
-  def __init__(self, n_token, d_embed, d_proj, cutoffs, div_val=1, *, rngs: nnx.Rngs):
+  def __init__(self, n_token, d_embed, d_proj, cutoffs, div_val=1, *, scale: bool = True, rngs: nnx.Rngs):
     self.bounds = check_cutoffs(n_token, cutoffs, div_val) if div_val > 1 else (0, n_token)
     n_clusters = len(self.bounds) - 1
     dims = cluster_dims(d_embed, n_clusters, div_val)
@@ -47,7 +47,7 @@ class AdaptiveEmbedding(nnx.Module):
     self.projs = nnx.List(
       nnx.Param(0.01 * jax.random.normal(rngs.params(), (d_proj, dim), jnp.float32)) for dim in dims if needs_proj
     )
-    self.d_proj = d_proj
+    self.scale = d_proj**0.5 if scale else 1.0
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     out = 0.0
@@ -57,7 +57,7 @@ class AdaptiveEmbedding(nnx.Module):
       if len(self.projs):
         emb = emb @ self.projs[i][...].T
       out = out + jnp.where(inside[..., None], emb, 0.0)
-    return out * self.d_proj**0.5
+    return out * self.scale
 
 
 class ProjectedAdaptiveLogSoftmax(nnx.Module):
@@ -70,12 +70,13 @@ class ProjectedAdaptiveLogSoftmax(nnx.Module):
   """
 
   def __init__(self, n_token, d_embed, d_proj, cutoffs, div_val=1, *, rngs: nnx.Rngs):
-    self.bounds = check_cutoffs(n_token, cutoffs, div_val) if div_val > 1 else (0, n_token)
+    # Clusters follow the cutoffs even with div_val = 1 (one embedding table, sliced by rows).
+    self.bounds = check_cutoffs(n_token, cutoffs, div_val)
     n_clusters = len(self.bounds) - 1
     self.biases = nnx.List(
       nnx.Param(jnp.zeros((hi - lo,), jnp.float32)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True)
     )
-    dims = cluster_dims(d_embed, n_clusters, div_val)
+    dims = cluster_dims(d_embed, n_clusters, div_val) if div_val > 1 else [d_embed] * n_clusters
     self.cluster_weight = nnx.Param(jnp.zeros((n_clusters - 1, dims[0]), jnp.float32)) if n_clusters > 1 else None
     self.cluster_bias = nnx.Param(jnp.zeros((n_clusters - 1,), jnp.float32)) if n_clusters > 1 else None
     needs_proj = div_val > 1 or d_proj != d_embed
@@ -86,7 +87,15 @@ class ProjectedAdaptiveLogSoftmax(nnx.Module):
   def _projection(self, i, embedding: AdaptiveEmbedding):
     if i == 0:
       return None if self.head_proj is None else self.head_proj[...]
-    return embedding.projs[i][...] if len(embedding.projs) else None
+    if not len(embedding.projs):
+      return None
+    return embedding.projs[min(i, len(embedding.projs) - 1)][...]
+
+  def _output_weight(self, i, embedding: AdaptiveEmbedding):
+    """Cluster i's output weights `[size_i, d_i]`: its table, or its rows of the single table."""
+    if len(embedding.tables) == 1:
+      return embedding.tables[0][...][self.bounds[i] : self.bounds[i + 1]]
+    return embedding.tables[i][...]
 
   def _cluster_logprobs(self, hidden, embedding):
     """[head log-probs [N, c0 + n_clusters - 1], tail log-probs per cluster [N, size_i]]."""
@@ -94,7 +103,7 @@ class ProjectedAdaptiveLogSoftmax(nnx.Module):
     for i in range(len(self.bounds) - 1):
       proj = self._projection(i, embedding)
       h = hidden if proj is None else hidden @ proj.astype(hidden.dtype)
-      weight, bias = embedding.tables[i][...], self.biases[i][...]
+      weight, bias = self._output_weight(i, embedding), self.biases[i][...]
       if i == 0 and self.cluster_weight is not None:
         weight = jnp.concatenate([weight, self.cluster_weight[...]], axis=0)
         bias = jnp.concatenate([bias, self.cluster_bias[...]], axis=0)

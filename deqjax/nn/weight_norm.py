@@ -44,3 +44,35 @@ def dense(weights: dict, x: jax.Array) -> jax.Array:
   if "bias" in weights:
     y = y + weights["bias"].astype(x.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
   return y
+
+
+class WeightNormConv1D(nnx.Module):
+  """Causal 1-D convolution with weight normalisation (one gain per output channel).
+
+  Attributes:
+    v: `[kernel, d_in, d_out]` direction (tap 0 is the oldest position).
+    g: `[d_out]` gain (norm over taps and inputs).
+    bias: `[d_out]`.
+  """
+
+  def __init__(self, d_in: int, d_out: int, kernel: int = 2, *, init_scale: float = 1.0, rngs: nnx.Rngs):
+    bound = init_scale / (d_in * kernel) ** 0.5
+    v = jax.random.uniform(rngs.params(), (kernel, d_in, d_out), jnp.float32, -bound, bound)
+    self.v = nnx.Param(v)
+    self.g = nnx.Param(jnp.sqrt(jnp.sum(jnp.square(v), axis=(0, 1))))
+    self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32))
+
+  def weights(self) -> dict:
+    """`{"kernel": [kernel, d_in, d_out], "bias": [d_out]}` with the normalisation applied."""
+    v = self.v[...]
+    scale = self.g[...] / jnp.sqrt(jnp.sum(jnp.square(v), axis=(0, 1)))
+    return {"kernel": v * scale[None, None, :], "bias": self.bias[...]}
+
+
+def causal_conv(weights: dict, x: jax.Array, history: jax.Array) -> jax.Array:
+  """y_t = sum_j W_j x_{t - (K-1) + j} + b over x `[b, q, d_in]`, left-padded by `history` `[b, K-1, d_in]`."""
+  kernel = weights["kernel"].astype(x.dtype)
+  taps, q = kernel.shape[0], x.shape[1]
+  padded = jnp.concatenate([history.astype(x.dtype), x], axis=1)
+  y = sum(padded[:, j : j + q] @ kernel[j] for j in range(taps))
+  return y + weights["bias"].astype(x.dtype)[None, None, :]

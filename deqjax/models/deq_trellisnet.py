@@ -1,0 +1,137 @@
+"""DEQ-TrellisNet language model (Bai et al., 2019), as the reference code ships it.
+
+tokens -> embedding -> variational dropout -> causal-conv injection
+z* = f(z*; injection, history)   (DEQTrellisNetCell; z = {h, c}; per-sample Broyden)
+output: last nout channels of h (of f(z*)) -> variational dropout -> split softmax tied to the embedding
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from deqjax._info import SolveInfo
+from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
+from deqjax.nn.deq_layer import solve_cell
+from deqjax.nn.dropout import apply_mask, variational_mask
+from deqjax.nn.trellisnet_cell import DEQTrellisNetCell
+
+
+@dataclasses.dataclass(frozen=True)
+class DEQTrellisNetConfig:
+  """Architecture and solver settings.
+
+  Attributes:
+    n_token: vocabulary size.
+    d_embed: embedding width (= nout: the decoder is tied to the embedding).
+    nhid, nout: hidden and output channels; the state has H = nhid + nout channels.
+    cutoffs: split-softmax boundaries (empty: a plain tied softmax).
+    dropout_input, dropout_hidden, dropout_output: variational dropout rates.
+    f_max_iter, b_max_iter, f_tol, b_tol: solver caps and relative tolerances.
+    pretrain_depth: unrolled layers in the pretraining mode.
+    feed_fz: feed f(z*) rather than z* to the softmax.
+  """
+
+  n_token: int
+  d_embed: int
+  nhid: int
+  nout: int
+  cutoffs: tuple[int, ...] = ()
+  dropout_input: float = 0.0
+  dropout_hidden: float = 0.0
+  dropout_output: float = 0.0
+  f_max_iter: int = 45
+  b_max_iter: int = 45
+  f_tol: float = 1e-3
+  b_tol: float = 1e-3
+  pretrain_depth: int = 40
+  feed_fz: bool = True
+
+  def __post_init__(self):
+    if self.nout != self.d_embed:
+      raise ValueError(f"nout={self.nout} must equal d_embed={self.d_embed}: the decoder is tied to the embedding.")
+    object.__setattr__(self, "cutoffs", tuple(self.cutoffs))
+    check_cutoffs(self.n_token, self.cutoffs, 1)
+    for name in ("dropout_input", "dropout_hidden", "dropout_output"):
+      if not 0 <= getattr(self, name) < 1:
+        raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)}.")
+
+  @property
+  def d_state(self) -> int:
+    return self.nhid + self.nout
+
+
+class TrellisMemory(NamedTuple):
+  """The previous segment's last input embedding `x` `[b, 1, d_embed]` and state `h`, `c` `[b, 1, H]`."""
+
+  x: jax.Array
+  h: jax.Array
+  c: jax.Array
+
+
+class TrellisOutput(NamedTuple):
+  nll: jax.Array  # [b, q]
+  memory: TrellisMemory
+  info: SolveInfo | None
+
+
+class DEQTrellisNetLM(nnx.Module):
+  def __init__(self, config: DEQTrellisNetConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_embed, (), 1, scale=False, rngs=rngs)
+    self.cell = DEQTrellisNetCell(c.d_embed, c.d_state, rngs=rngs)
+    self.softmax = ProjectedAdaptiveLogSoftmax(c.n_token, c.d_embed, c.d_embed, c.cutoffs, 1, rngs=rngs)
+
+  def init_memory(self, batch: int, dtype=jnp.float32) -> TrellisMemory:
+    c = self.config
+    zeros = lambda d: jnp.zeros((batch, 1, d), dtype)
+    return TrellisMemory(zeros(c.d_embed), zeros(c.d_state), zeros(c.d_state))
+
+  def __call__(
+    self,
+    tokens: jax.Array,
+    targets: jax.Array,
+    memory: TrellisMemory | None = None,
+    *,
+    dropout_key: jax.Array | None = None,
+    mode: str = "deq",
+    dtype=jnp.float32,
+    **solver_overrides,
+  ) -> TrellisOutput:
+    """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the previous segment's history."""
+    c = self.config
+    b, q = tokens.shape
+    memory = self.init_memory(b, dtype) if memory is None else memory
+    keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
+    x = apply_mask(
+      self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_embed, c.dropout_input, dtype)
+    )
+    h_mask = variational_mask(keys[1], b, c.d_state, c.dropout_hidden, dtype)
+    weights, inputs = self.cell.prepare(x, memory.x, memory.h, memory.c, h_mask)
+    weights = jax.tree.map(lambda w: w.astype(dtype), weights)
+    options = dict(
+      solver="broyden",
+      max_iter=c.f_max_iter,
+      tol=0.0,
+      rtol=c.f_tol,
+      batch_axis=0,
+      backward_max_iter=c.b_max_iter,
+      backward_tol=0.0,
+      backward_rtol=c.b_tol,
+    )
+    options.update(solver_overrides)
+    z0 = {"h": jnp.zeros((b, q, c.d_state), dtype), "c": jnp.zeros((b, q, c.d_state), dtype)}
+    z_star, info = solve_cell(
+      DEQTrellisNetCell.step, weights, inputs, z0, mode=mode, pretrain_depth=c.pretrain_depth, **options
+    )
+    z_out = DEQTrellisNetCell.step(weights, z_star, inputs) if c.feed_fz else z_star
+    out = apply_mask(z_out["h"][..., -c.nout :], variational_mask(keys[2], b, c.nout, c.dropout_output, dtype))
+    acc = jnp.promote_types(dtype, jnp.float32)
+    nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
+    new_memory = jax.lax.stop_gradient(TrellisMemory(x[:, -1:], z_star["h"][:, -1:], z_star["c"][:, -1:]))
+    return TrellisOutput(nll.reshape(b, q), new_memory, info)
