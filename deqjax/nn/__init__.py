@@ -11,9 +11,12 @@ from deqjax.nn.weight_norm import WeightNormConv1D, WeightNormDense, causal_conv
 __all__ = [
   "AdaptiveEmbedding",
   "DEQTransformerCell",
+  "DEQTrellisNetCell",
   "ProjectedAdaptiveLogSoftmax",
+  "WeightNormConv1D",
   "WeightNormDense",
   "apply_mask",
+  "causal_conv",
   "dense",
   "layer_norm",
   "rel_shift",
