@@ -2,6 +2,7 @@
 
 from deqjax.models.deq_transformer import DEQTransformerConfig, DEQTransformerLM, LMOutput, Memory
 from deqjax.models.deq_trellisnet import DEQTrellisNetConfig, DEQTrellisNetLM, TrellisMemory, TrellisOutput
+from deqjax.models.transformer_xl import TransformerXLConfig, TransformerXLLM, XLOutput
 
 __all__ = [
   "DEQTransformerConfig",
@@ -12,4 +13,7 @@ __all__ = [
   "Memory",
   "TrellisMemory",
   "TrellisOutput",
+  "TransformerXLConfig",
+  "TransformerXLLM",
+  "XLOutput",
 ]

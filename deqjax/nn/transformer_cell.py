@@ -41,11 +41,11 @@ class DEQTransformerCell(nnx.Module):
     self.ff2 = WeightNormDense(d_inner, d_model, use_bias=True, rngs=rngs)
     self.n_head, self.d_head = n_head, d_head
 
-  def prepare(self, u: jax.Array, z_mem: jax.Array, pos_emb: jax.Array, ff_mask: jax.Array | None):
+  def prepare(self, u: jax.Array | None, z_mem: jax.Array, pos_emb: jax.Array, ff_mask: jax.Array | None):
     """Per-segment constants.
 
     Args:
-      u: `[b, m + q, 3 * h * d]` injection over [memory; segment].
+      u: `[b, m + q, 3 * h * d]` injection over [memory; segment], or None (no injection).
       z_mem: `[b, m, d_model]` memory (previous equilibria, no gradient).
       pos_emb: `[m + q, d_model]` sinusoidal embeddings for distances m+q-1..0.
       ff_mask: variational dropout mask `[b, 1, d_inner]` or None.
@@ -56,7 +56,7 @@ class DEQTransformerCell(nnx.Module):
     b, m = z_mem.shape[:2]
     h, d = self.n_head, self.d_head
     qkv = self.qkv.weights()
-    mem_qkv = dense(qkv, z_mem) + u[:, :m]
+    mem_qkv = dense(qkv, z_mem) if u is None else dense(qkv, z_mem) + u[:, :m]
     k_mem, v_mem = mem_qkv[..., h * d : 2 * h * d], mem_qkv[..., 2 * h * d :]
     weights = {
       "qkv": qkv,
@@ -67,7 +67,7 @@ class DEQTransformerCell(nnx.Module):
       "r_r_bias": self.r_r_bias[...],
     }
     inputs = {
-      "u": u[:, m:],
+      "u": None if u is None else u[:, m:],
       "k_mem": k_mem.reshape(b, m, h, d),
       "v_mem": v_mem.reshape(b, m, h, d),
       "r_k": dense(self.r_net.weights(), pos_emb).reshape(-1, h, d),
@@ -80,7 +80,9 @@ class DEQTransformerCell(nnx.Module):
     """f(z): `[b, q, d_model]` -> `[b, q, d_model]`."""
     b, q, _ = z.shape
     h, d = weights["r_w_bias"].shape
-    qkv = dense(weights["qkv"], z) + inputs["u"].astype(z.dtype)
+    qkv = dense(weights["qkv"], z)
+    if inputs["u"] is not None:  # None: an ordinary (uninjected) Transformer-XL layer
+      qkv = qkv + inputs["u"].astype(z.dtype)
     query = qkv[..., : h * d].reshape(b, q, h, d)
     key = jnp.concatenate([inputs["k_mem"].astype(z.dtype), qkv[..., h * d : 2 * h * d].reshape(b, q, h, d)], axis=1)
     value = jnp.concatenate([inputs["v_mem"].astype(z.dtype), qkv[..., 2 * h * d :].reshape(b, q, h, d)], axis=1)

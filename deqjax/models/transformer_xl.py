@@ -1,0 +1,73 @@
+"""Transformer-XL-style baseline: L untied layers with per-layer memory, built from the DEQ cell's code.
+
+Each layer is a `DEQTransformerCell` without input injection (the embedding
+enters the first layer only), so the baseline and the DEQ share attention,
+FFN, normalisation and softmax code. Layer l caches the hidden states that
+entered it (the last `mem_len` of them) as its memory, as in Transformer-XL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from deqjax.models.deq_transformer import DEQTransformerConfig
+from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
+from deqjax.nn.attention import sinusoid_positions
+from deqjax.nn.dropout import apply_mask, variational_mask
+from deqjax.nn.transformer_cell import DEQTransformerCell
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerXLConfig(DEQTransformerConfig):
+  """`DEQTransformerConfig` plus the number of untied layers (solver fields are unused)."""
+
+  n_layer: int = 16
+
+  def __post_init__(self):
+    super().__post_init__()
+    if isinstance(self.n_layer, bool) or not isinstance(self.n_layer, int) or self.n_layer < 1:
+      raise ValueError(f"n_layer must be an int >= 1; got {self.n_layer!r}.")
+
+
+class XLOutput(NamedTuple):
+  nll: jax.Array  # [b, q]
+  memory: tuple[jax.Array, ...]  # per layer [b, mem_len, d_model]
+
+
+class TransformerXLLM(nnx.Module):
+  def __init__(self, config: TransformerXLConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
+    self.layers = nnx.List(
+      DEQTransformerCell(c.d_model, c.n_head, c.d_head, c.d_inner, rngs=rngs) for _ in range(c.n_layer)
+    )
+    self.softmax = ProjectedAdaptiveLogSoftmax(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
+
+  def init_memory(self, batch: int, dtype=jnp.float32) -> tuple[jax.Array, ...]:
+    return tuple(jnp.zeros((batch, 0, self.config.d_model), dtype) for _ in range(self.config.n_layer))
+
+  def __call__(self, tokens, targets, memory=None, *, dropout_key=None, dtype=jnp.float32) -> XLOutput:
+    """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the per-layer memory."""
+    c = self.config
+    b, q = tokens.shape
+    memory = self.init_memory(b, dtype) if memory is None else memory
+    keys = [None] * (c.n_layer + 2) if dropout_key is None else list(jax.random.split(dropout_key, c.n_layer + 2))
+    h = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
+    new_memory = []
+    for layer, mem, key in zip(self.layers, memory, keys[1:-1], strict=True):
+      keep = jnp.concatenate([mem.astype(dtype), h], axis=1)
+      new_memory.append(jax.lax.stop_gradient(keep[:, -c.mem_len :] if c.mem_len else keep[:, :0]))
+      pos_emb = sinusoid_positions(keep.shape[1], c.d_model, dtype)
+      ff_mask = variational_mask(key, b, c.d_inner, c.dropout, dtype)
+      weights, inputs = layer.prepare(None, mem.astype(dtype), pos_emb, ff_mask)
+      h = DEQTransformerCell.step(jax.tree.map(lambda w: w.astype(dtype), weights), h, inputs)
+    h = apply_mask(h, variational_mask(keys[-1], b, c.d_model, c.dropout, dtype))
+    acc = jnp.promote_types(dtype, jnp.float32)
+    nll = self.softmax.nll(h.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
+    return XLOutput(nll.reshape(b, q), tuple(new_memory))

@@ -1,0 +1,28 @@
+r"""DEQ-Transformer small (not shipped by the reference; sized to the table's 138M / 4.5M).
+
+python -m experiments.count_params --config=experiments/configs/deq_transformer_small.py
+"""
+
+from experiments.configs.wt103 import ADAPTIVE_CUTOFFS, N_TOKEN, base
+
+
+def get_config():
+  return base(
+    "deq_transformer",
+    "deq",
+    dict(
+      n_token=N_TOKEN,
+      d_model=500,
+      n_head=10,
+      d_inner=2500,
+      cutoffs=ADAPTIVE_CUTOFFS,
+      div_val=1,
+      dropout=0.05,
+      mem_len=150,
+      f_max_iter=30,
+      b_max_iter=40,
+      pretrain_depth=2,
+    ),
+    paper_params_m=138,
+    paper_non_embedding_m=4.5,
+  )

@@ -1,0 +1,17 @@
+"""Shared pieces of the WikiText-103 configs (vocabulary, cutoffs, the paper's table rows)."""
+
+import ml_collections
+
+N_TOKEN = 267_735  # WikiText-103 vocabulary built from the training split
+ADAPTIVE_CUTOFFS = (20000, 40000, 200000)
+TRELLIS_SPLITS = (2800, 20000, 76000)
+
+
+def base(model_name: str, mode: str, model: dict, paper_params_m: float, paper_non_embedding_m: float):
+  """A config: which model, how it is run, its architecture, and the paper's row for comparison."""
+  config = ml_collections.ConfigDict()
+  config.model_name = model_name
+  config.mode = mode
+  config.model = ml_collections.ConfigDict(model)
+  config.paper = ml_collections.ConfigDict(dict(params_m=paper_params_m, non_embedding_m=paper_non_embedding_m))
+  return config

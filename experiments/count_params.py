@@ -1,0 +1,36 @@
+r"""Counts a config's trainable parameters without allocating the weights.
+
+    python -m experiments.count_params --config=experiments/configs/deq_transformer_medium_adaptive.py
+
+The last line is `params=<int> non_embedding=<int>` (non-embedding: outside the
+embedding and the softmax, as the paper's table counts).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments.model_builder import abstract_model, count_parameters
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  total, non_embedding = count_parameters(abstract_model(config))
+  paper = config.get("paper", None)
+  if paper is not None:
+    off = lambda count, paper_m: f"{100 * (count / 1e6 / paper_m - 1):+.1f}%"
+    print(
+      f"{config.model_name} ({config.mode}): {total / 1e6:.2f}M params, {non_embedding / 1e6:.2f}M non-embedding;"
+      f" paper's table: {paper.params_m}M / {paper.non_embedding_m}M"
+      f" ({off(total, paper.params_m)} / {off(non_embedding, paper.non_embedding_m)})"
+    )
+  print(f"params={total} non_embedding={non_embedding}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

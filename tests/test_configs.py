@@ -1,0 +1,79 @@
+"""The WikiText-103 configs: parameter counts (exact for the reference's shipped models) and config errors."""
+
+import importlib
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from deqjax.models import TransformerXLConfig, TransformerXLLM
+from experiments.model_builder import abstract_model, architecture, count_parameters
+
+CONFIGS = sorted(
+  p.stem for p in pathlib.Path("experiments/configs").glob("*.py") if p.stem not in ("__init__", "wt103")
+)
+# The reference's shipped models, and the 70-layer TrellisNet, which is the DEQ-TrellisNet's cell unrolled.
+SHIPPED = {"deq_transformer_medium_adaptive": 97_691_888, "deq_trellisnet": 174_168_738, "trellisnet_70l": 174_168_738}
+
+
+def load(name):
+  return importlib.import_module(f"experiments.configs.{name}").get_config()
+
+
+def test_every_row_of_the_table_has_a_config():
+  assert len(CONFIGS) == 9
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_parameter_counts(name):
+  config = load(name)
+  total, non_embedding = count_parameters(abstract_model(config))
+  if name in SHIPPED:
+    assert total == SHIPPED[name]
+  else:  # sized to the paper's table: within 2% of both of its columns
+    assert abs(total / 1e6 / config.paper.params_m - 1) < 0.02
+    assert abs(non_embedding / 1e6 / config.paper.non_embedding_m - 1) < 0.02
+
+
+def test_count_params_script_prints_the_counts_last():
+  out = subprocess.run(
+    [sys.executable, "-m", "experiments.count_params", "--config=experiments/configs/deq_trellisnet.py"],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  assert out.stdout.strip().splitlines()[-1] == "params=174168738 non_embedding=40032000"
+
+
+def test_unknown_and_inconsistent_fields_are_errors():
+  config = load("deq_transformer_small")
+  config.model.d_modle = 3
+  with pytest.raises(ValueError, match=r"Unknown field\(s\) \['d_modle'\] in config.model for deq_transformer"):
+    architecture(config)
+  config = load("deq_transformer_small")
+  config.mode = "layers"
+  with pytest.raises(ValueError, match="mode='layers' does not fit model_name='deq_transformer'"):
+    architecture(config)
+
+
+def test_transformer_xl_baseline_is_causal_and_keeps_per_layer_memory():
+  config = TransformerXLConfig(
+    n_token=40, d_model=16, n_head=2, d_inner=24, cutoffs=(10, 25), div_val=2, mem_len=3, n_layer=3
+  )
+  model = TransformerXLLM(config, rngs=nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(0), (2, 6), 0, 40)
+  first = model(tokens, tokens, dtype=jnp.float64)
+  assert len(first.memory) == 3 and all(m.shape == (2, 3, 16) for m in first.memory)
+  changed = tokens.at[:, 3].set((tokens[:, 3] + 5) % 40)
+  for memory in (None, first.memory):
+    a = model(tokens, tokens, memory, dtype=jnp.float64).nll
+    b = model(changed, tokens, memory, dtype=jnp.float64).nll
+    np.testing.assert_allclose(a[:, :3], b[:, :3], atol=1e-13, rtol=0)
+    assert float(jnp.max(jnp.abs(a[:, 3:] - b[:, 3:]))) > 1e-6
+  grads = nnx.grad(lambda m: jnp.mean(m(tokens, tokens, first.memory).nll))(model)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
