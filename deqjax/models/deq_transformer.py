@@ -20,7 +20,7 @@ from flax import nnx
 from deqjax._info import SolveInfo
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
 from deqjax.nn.attention import sinusoid_positions
-from deqjax.nn.deq_layer import solve_cell
+from deqjax.nn.deq_layer import lm_solver_options, solve_cell
 from deqjax.nn.dropout import apply_mask, variational_mask
 from deqjax.nn.transformer_cell import DEQTransformerCell
 
@@ -105,6 +105,37 @@ class DEQTransformerLM(nnx.Module):
     c = self.config
     return Memory(jnp.zeros((batch, 0, c.d_model), dtype), jnp.zeros((batch, 0, 3 * c.n_head * c.d_head), dtype))
 
+  def body(self, emb: jax.Array, memory: Memory | None, *, ff_key=None, mode: str = "deq", **solver_overrides):
+    """Everything between the embedding and the softmax.
+
+    Args:
+      emb: `[b, q, d_model]` (dropped-out) embeddings; their dtype is the compute dtype.
+      memory: the previous segment's `Memory`, or None.
+      ff_key: PRNG key of the FFN's variational mask (None: no dropout).
+
+    Returns:
+      (output `[b, q, d_model]` fed to the softmax, the new `Memory`, the forward `SolveInfo` or None).
+    """
+    c = self.config
+    b, q, _ = emb.shape
+    dtype = emb.dtype
+    memory = self.init_memory(b, dtype) if memory is None else memory
+    u = jnp.concatenate([memory.u.astype(dtype), self.injection(emb)], axis=1)
+    pos_emb = sinusoid_positions(u.shape[1], c.d_model, dtype)
+    ff_mask = variational_mask(ff_key, b, c.d_inner, c.dropout, dtype)
+    weights, inputs = self.cell.prepare(u, memory.z.astype(dtype), pos_emb, ff_mask)
+    weights = jax.tree.map(lambda w: w.astype(dtype), weights)
+    options = lm_solver_options(c.f_max_iter, c.b_max_iter, c.f_tol, c.b_tol, **solver_overrides)
+    z0 = jnp.zeros((b, q, c.d_model), dtype)
+    z_star, info = solve_cell(
+      DEQTransformerCell.step, weights, inputs, z0, mode=mode, pretrain_depth=c.pretrain_depth, **options
+    )
+    out = DEQTransformerCell.step(weights, z_star, inputs) if c.feed_fz else z_star
+    keep = c.mem_len
+    z_all = jnp.concatenate([memory.z.astype(dtype), z_star], axis=1)
+    new_memory = jax.lax.stop_gradient(Memory(z_all[:, z_all.shape[1] - keep :], u[:, u.shape[1] - keep :]))
+    return out, new_memory, info
+
   def __call__(
     self,
     tokens: jax.Array,
@@ -126,39 +157,10 @@ class DEQTransformerLM(nnx.Module):
     """
     c = self.config
     b, q = tokens.shape
-    memory = self.init_memory(b, dtype) if memory is None else memory
     keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
     emb = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
-    u_segment = self.injection(emb)
-    u = jnp.concatenate([memory.u.astype(dtype), u_segment], axis=1)
-    pos_emb = sinusoid_positions(u.shape[1], c.d_model, dtype)
-    ff_mask = variational_mask(keys[1], b, c.d_inner, c.dropout, dtype)
-    weights, inputs = self.cell.prepare(u, memory.z.astype(dtype), pos_emb, ff_mask)
-    weights = jax.tree.map(lambda w: w.astype(dtype), weights)
-    options = dict(
-      solver="broyden",
-      max_iter=c.f_max_iter,
-      tol=0.0,
-      rtol=c.f_tol,
-      batch_axis=0,
-      backward_max_iter=c.b_max_iter,
-      backward_tol=0.0,
-      backward_rtol=c.b_tol,
-    )
-    options.update(solver_overrides)
-    z0 = jnp.zeros((b, q, c.d_model), dtype)
-    z_star, info = solve_cell(
-      DEQTransformerCell.step, weights, inputs, z0, mode=mode, pretrain_depth=c.pretrain_depth, **options
-    )
-    out = DEQTransformerCell.step(weights, z_star, inputs) if c.feed_fz else z_star
+    out, new_memory, info = self.body(emb, memory, ff_key=keys[1], mode=mode, **solver_overrides)
     out = apply_mask(out, variational_mask(keys[2], b, c.d_model, c.dropout, dtype))
     acc = jnp.promote_types(dtype, jnp.float32)
     nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
-    keep = c.mem_len
-    new_memory = Memory(
-      jax.lax.stop_gradient(
-        jnp.concatenate([memory.z.astype(dtype), z_star], axis=1)[:, -keep:] if keep else z0[:, :0]
-      ),
-      jax.lax.stop_gradient(u[:, -keep:] if keep else u[:, :0]),
-    )
     return LMOutput(nll.reshape(b, q), new_memory, info)

@@ -16,7 +16,7 @@ from flax import nnx
 
 from deqjax._info import SolveInfo
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
-from deqjax.nn.deq_layer import solve_cell
+from deqjax.nn.deq_layer import lm_solver_options, solve_cell
 from deqjax.nn.dropout import apply_mask, variational_mask
 from deqjax.nn.trellisnet_cell import DEQTrellisNetCell
 
@@ -92,6 +92,33 @@ class DEQTrellisNetLM(nnx.Module):
     zeros = lambda d: jnp.zeros((batch, 1, d), dtype)
     return TrellisMemory(zeros(c.d_embed), zeros(c.d_state), zeros(c.d_state))
 
+  def body(self, x: jax.Array, memory: TrellisMemory | None, *, hidden_key=None, mode: str = "deq", **solver_overrides):
+    """Everything between the embedding and the softmax.
+
+    Args:
+      x: `[b, q, d_embed]` (dropped-out) embeddings; their dtype is the compute dtype.
+      memory: the previous segment's `TrellisMemory`, or None.
+      hidden_key: PRNG key of the variational mask on h (None: no dropout).
+
+    Returns:
+      (output `[b, q, nout]`, the new `TrellisMemory`, the forward `SolveInfo` or None).
+    """
+    c = self.config
+    b, q, _ = x.shape
+    dtype = x.dtype
+    memory = self.init_memory(b, dtype) if memory is None else memory
+    h_mask = variational_mask(hidden_key, b, c.d_state, c.dropout_hidden, dtype)
+    weights, inputs = self.cell.prepare(x, memory.x, memory.h, memory.c, h_mask)
+    weights = jax.tree.map(lambda w: w.astype(dtype), weights)
+    options = lm_solver_options(c.f_max_iter, c.b_max_iter, c.f_tol, c.b_tol, **solver_overrides)
+    z0 = {"h": jnp.zeros((b, q, c.d_state), dtype), "c": jnp.zeros((b, q, c.d_state), dtype)}
+    z_star, info = solve_cell(
+      DEQTrellisNetCell.step, weights, inputs, z0, mode=mode, pretrain_depth=c.pretrain_depth, **options
+    )
+    z_out = DEQTrellisNetCell.step(weights, z_star, inputs) if c.feed_fz else z_star
+    new_memory = jax.lax.stop_gradient(TrellisMemory(x[:, -1:], z_star["h"][:, -1:], z_star["c"][:, -1:]))
+    return z_out["h"][..., -c.nout :], new_memory, info
+
   def __call__(
     self,
     tokens: jax.Array,
@@ -106,32 +133,12 @@ class DEQTrellisNetLM(nnx.Module):
     """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the previous segment's history."""
     c = self.config
     b, q = tokens.shape
-    memory = self.init_memory(b, dtype) if memory is None else memory
     keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
     x = apply_mask(
       self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_embed, c.dropout_input, dtype)
     )
-    h_mask = variational_mask(keys[1], b, c.d_state, c.dropout_hidden, dtype)
-    weights, inputs = self.cell.prepare(x, memory.x, memory.h, memory.c, h_mask)
-    weights = jax.tree.map(lambda w: w.astype(dtype), weights)
-    options = dict(
-      solver="broyden",
-      max_iter=c.f_max_iter,
-      tol=0.0,
-      rtol=c.f_tol,
-      batch_axis=0,
-      backward_max_iter=c.b_max_iter,
-      backward_tol=0.0,
-      backward_rtol=c.b_tol,
-    )
-    options.update(solver_overrides)
-    z0 = {"h": jnp.zeros((b, q, c.d_state), dtype), "c": jnp.zeros((b, q, c.d_state), dtype)}
-    z_star, info = solve_cell(
-      DEQTrellisNetCell.step, weights, inputs, z0, mode=mode, pretrain_depth=c.pretrain_depth, **options
-    )
-    z_out = DEQTrellisNetCell.step(weights, z_star, inputs) if c.feed_fz else z_star
-    out = apply_mask(z_out["h"][..., -c.nout :], variational_mask(keys[2], b, c.nout, c.dropout_output, dtype))
+    out, new_memory, info = self.body(x, memory, hidden_key=keys[1], mode=mode, **solver_overrides)
+    out = apply_mask(out, variational_mask(keys[2], b, c.nout, c.dropout_output, dtype))
     acc = jnp.promote_types(dtype, jnp.float32)
     nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
-    new_memory = jax.lax.stop_gradient(TrellisMemory(x[:, -1:], z_star["h"][:, -1:], z_star["c"][:, -1:]))
     return TrellisOutput(nll.reshape(b, q), new_memory, info)

@@ -52,22 +52,31 @@ class TransformerXLLM(nnx.Module):
   def init_memory(self, batch: int, dtype=jnp.float32) -> tuple[jax.Array, ...]:
     return tuple(jnp.zeros((batch, 0, self.config.d_model), dtype) for _ in range(self.config.n_layer))
 
-  def __call__(self, tokens, targets, memory=None, *, dropout_key=None, dtype=jnp.float32) -> XLOutput:
-    """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the per-layer memory."""
+  def body(self, h: jax.Array, memory, *, keys=None):
+    """The untied layers: `[b, q, d_model]` embeddings -> (output, per-layer memory); `keys`: one per layer or None."""
     c = self.config
-    b, q = tokens.shape
+    b = h.shape[0]
+    dtype = h.dtype
     memory = self.init_memory(b, dtype) if memory is None else memory
-    keys = [None] * (c.n_layer + 2) if dropout_key is None else list(jax.random.split(dropout_key, c.n_layer + 2))
-    h = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
+    keys = [None] * c.n_layer if keys is None else keys
     new_memory = []
-    for layer, mem, key in zip(self.layers, memory, keys[1:-1], strict=True):
+    for layer, mem, key in zip(self.layers, memory, keys, strict=True):
       keep = jnp.concatenate([mem.astype(dtype), h], axis=1)
-      new_memory.append(jax.lax.stop_gradient(keep[:, -c.mem_len :] if c.mem_len else keep[:, :0]))
+      new_memory.append(jax.lax.stop_gradient(keep[:, keep.shape[1] - c.mem_len :]))
       pos_emb = sinusoid_positions(keep.shape[1], c.d_model, dtype)
       ff_mask = variational_mask(key, b, c.d_inner, c.dropout, dtype)
       weights, inputs = layer.prepare(None, mem.astype(dtype), pos_emb, ff_mask)
       h = DEQTransformerCell.step(jax.tree.map(lambda w: w.astype(dtype), weights), h, inputs)
+    return h, tuple(new_memory)
+
+  def __call__(self, tokens, targets, memory=None, *, dropout_key=None, dtype=jnp.float32) -> XLOutput:
+    """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the per-layer memory."""
+    c = self.config
+    b, q = tokens.shape
+    keys = [None] * (c.n_layer + 2) if dropout_key is None else list(jax.random.split(dropout_key, c.n_layer + 2))
+    h = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
+    h, new_memory = self.body(h, memory, keys=keys[1:-1])
     h = apply_mask(h, variational_mask(keys[-1], b, c.d_model, c.dropout, dtype))
     acc = jnp.promote_types(dtype, jnp.float32)
     nll = self.softmax.nll(h.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
-    return XLOutput(nll.reshape(b, q), tuple(new_memory))
+    return XLOutput(nll.reshape(b, q), new_memory)

@@ -46,6 +46,22 @@ def solve_cell(
   raise ValueError(f"Unknown mode={mode!r}; expected one of {list(MODES)}.")
 
 
+def lm_solver_options(f_max_iter: int, b_max_iter: int, f_tol: float, b_tol: float, **overrides) -> dict:
+  """The language models' solver settings: per-sample Broyden, relative tolerances, overridable per call."""
+  options = dict(
+    solver="broyden",
+    max_iter=f_max_iter,
+    tol=0.0,
+    rtol=f_tol,
+    batch_axis=0,
+    backward_max_iter=b_max_iter,
+    backward_tol=0.0,
+    backward_rtol=b_tol,
+  )
+  options.update(overrides)
+  return options
+
+
 def unrolled(step, weights, inputs, z0, depth: int):
   """f applied `depth` times (a `fori_loop` with a static count: a scan under reverse mode)."""
   return jax.lax.fori_loop(0, depth, lambda _, z: step(weights, z, inputs), z0)
