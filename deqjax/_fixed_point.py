@@ -107,17 +107,18 @@ def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
   # same solvers (starting from w = z_bar), and the parameter and input
   # gradients are one more VJP: (theta_bar, x_bar) = w^T df/d(theta, x).
   spec = options.spec
-  _, vjp_z = jax.vjp(lambda z: fn(params, z, x, *consts), z_star)
+  # One linearisation of f at z* serves the adjoint solve (z part) and the final
+  # input gradients, so one layer's activations are stored, once.
+  _, vjp_f = jax.vjp(lambda p, z, xx, c: fn(p, z, xx, *c), params, z_star, x, consts)
   z_bar_flat = spec.flatten(z_bar)
 
   def residual_fn(w_flat):
-    (w_jac,) = vjp_z(spec.unflatten(w_flat))
+    w_jac = vjp_f(spec.unflatten(w_flat))[1]  # the other cotangents are dead code inside the loop
     h = spec.flatten(w_jac) + z_bar_flat
     return h - w_flat, row_norm(h)
 
   w_flat, info = options.backward_solve.run(residual_fn, z_bar_flat)
-  _, vjp_inputs = jax.vjp(lambda p, xx, c: fn(p, z_star, xx, *c), params, x, consts)
-  params_bar, x_bar, consts_bar = vjp_inputs(spec.unflatten(w_flat))
+  params_bar, _, x_bar, consts_bar = vjp_f(spec.unflatten(w_flat))
   return params_bar, x_bar, consts_bar, stats_from_info(info)
 
 

@@ -25,4 +25,5 @@ def get_config():
     ),
     paper_params_m=172,
     paper_non_embedding_m=43,
+    paper_memory_gb=2.7,
   )

@@ -26,4 +26,5 @@ def get_config():
     ),
     paper_params_m=110,
     paper_non_embedding_m=70,
+    paper_memory_gb=3.7,
   )

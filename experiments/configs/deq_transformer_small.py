@@ -25,4 +25,5 @@ def get_config():
     ),
     paper_params_m=138,
     paper_non_embedding_m=4.5,
+    paper_memory_gb=1.1,
   )

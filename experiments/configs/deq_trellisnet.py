@@ -25,4 +25,5 @@ def get_config():
     ),
     paper_params_m=180,
     paper_non_embedding_m=45,
+    paper_memory_gb=3.3,
   )

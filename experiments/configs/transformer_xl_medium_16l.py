@@ -23,4 +23,5 @@ def get_config():
     ),
     paper_params_m=165,
     paper_non_embedding_m=44,
+    paper_memory_gb=8.5,
   )

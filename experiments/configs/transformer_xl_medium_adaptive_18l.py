@@ -24,4 +24,5 @@ def get_config():
     ),
     paper_params_m=110,
     paper_non_embedding_m=72,
+    paper_memory_gb=9.0,
   )

@@ -24,4 +24,5 @@ def get_config():
     ),
     paper_params_m=139,
     paper_non_embedding_m=4.9,
+    paper_memory_gb=4.8,
   )

@@ -23,4 +23,5 @@ def get_config():
     ),
     paper_params_m=180,
     paper_non_embedding_m=45,
+    paper_memory_gb=24.7,
   )

@@ -7,11 +7,15 @@ ADAPTIVE_CUTOFFS = (20000, 40000, 200000)
 TRELLIS_SPLITS = (2800, 20000, 76000)
 
 
-def base(model_name: str, mode: str, model: dict, paper_params_m: float, paper_non_embedding_m: float):
+def base(
+  model_name: str, mode: str, model: dict, paper_params_m: float, paper_non_embedding_m: float, paper_memory_gb: float
+):
   """A config: which model, how it is run, its architecture, and the paper's row for comparison."""
   config = ml_collections.ConfigDict()
   config.model_name = model_name
   config.mode = mode
   config.model = ml_collections.ConfigDict(model)
-  config.paper = ml_collections.ConfigDict(dict(params_m=paper_params_m, non_embedding_m=paper_non_embedding_m))
+  config.paper = ml_collections.ConfigDict(
+    dict(params_m=paper_params_m, non_embedding_m=paper_non_embedding_m, memory_gb=paper_memory_gb)
+  )
   return config

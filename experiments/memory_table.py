@@ -1,0 +1,235 @@
+r"""Training-step memory of every WikiText-103 row, beside the paper's table, and memory against depth.
+
+    python -m experiments.memory_table [--out=results] [--rows=all] [--time_steps=3]
+
+Memory is read from XLA's compiled memory analysis of one training step of the model's body
+(everything between the embedding and the softmax: the paper's tables exclude embeddings) at
+batch 15, length 150, with a 150-long memory: the step's temporaries (activations, solver
+buffers) plus the body's parameters and their gradients, in float32. Nothing is allocated:
+the step is compiled from shapes only.
+
+Then:
+  * memory against unrolled depth L = 8, 16, 32, 64 for the weight-tied DEQ-Transformer-small
+    cell versus the DEQ run with L forward / L backward solver steps (full Broyden history, and
+    a fixed history of 8), as a table and `<out>/memory_vs_depth.png`;
+  * the forward + backward step time of the DEQ against the untied baselines at the small size,
+    measured side by side (the paper reports 2.82x slower to train than an 18-layer transformer).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from flax import nnx
+
+import deqjax
+from experiments.configs import (
+  deq_transformer_medium,
+  deq_transformer_medium_adaptive,
+  deq_transformer_small,
+  deq_trellisnet,
+  transformer_xl_medium_16l,
+  transformer_xl_medium_adaptive_18l,
+  transformer_xl_small_4l,
+  transformer_xl_small_tied_16l,
+  trellisnet_70l,
+)
+from experiments.model_builder import abstract_model, build_model
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", "results", "Folder for the PNG plot.")
+flags.DEFINE_list("rows", ["all"], "Config names of the table rows to measure, or 'all'.")
+flags.DEFINE_integer("time_steps", 3, "Timed training steps per model for the speed comparison (0: skip).")
+flags.DEFINE_integer("batch", 15, "Batch size (the paper's memory column uses 15).")
+flags.DEFINE_integer("length", 150, "Segment length and memory length (the paper uses 150).")
+
+ROWS = [
+  ("transformer_xl_small_4l", transformer_xl_small_4l),
+  ("transformer_xl_small_tied_16l", transformer_xl_small_tied_16l),
+  ("deq_transformer_small", deq_transformer_small),
+  ("transformer_xl_medium_16l", transformer_xl_medium_16l),
+  ("deq_transformer_medium", deq_transformer_medium),
+  ("transformer_xl_medium_adaptive_18l", transformer_xl_medium_adaptive_18l),
+  ("deq_transformer_medium_adaptive", deq_transformer_medium_adaptive),
+  ("trellisnet_70l", trellisnet_70l),
+  ("deq_trellisnet", deq_trellisnet),
+]
+BODY = nnx.All(nnx.Param, nnx.Any(nnx.PathContains("cell"), nnx.PathContains("injection"), nnx.PathContains("layers")))
+GB = 1e9
+
+
+def _body_loss(config, graphdef, body_params, rest, emb, memory, probe, key):
+  """<body output, probe>: a loss whose gradient flows through the whole body."""
+  model = nnx.merge(graphdef, body_params, rest)
+  if config.model_name == "transformer_xl":
+    out, _ = model.body(emb, memory, keys=list(jax.random.split(key, config.model.n_layer)))
+  elif config.model_name == "deq_transformer":
+    out, _, _ = model.body(emb, memory, ff_key=key, mode="deq" if config.mode == "deq" else "pretrain")
+  else:
+    out, _, _ = model.body(emb, memory, hidden_key=key, mode="deq" if config.mode == "deq" else "pretrain")
+  return jnp.sum(out.astype(jnp.float32) * probe)
+
+
+def body_step(config, batch, length, model=None):
+  """(jitted grad of the body loss, its abstract or concrete arguments)."""
+  model = abstract_model(config) if model is None else model
+  graphdef, body_params, rest = nnx.split(model, BODY, ...)
+  c = model.config
+  width = c.d_embed if config.model_name == "deq_trellisnet" else c.d_model
+  spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  if config.model_name == "transformer_xl":
+    memory = tuple(spec(batch, length, c.d_model) for _ in range(c.n_layer))
+  elif config.model_name == "deq_transformer":
+    memory = deqjax.models.Memory(spec(batch, length, c.d_model), spec(batch, length, 3 * c.n_head * c.d_head))
+  else:
+    memory = deqjax.models.TrellisMemory(
+      spec(batch, 1, c.d_embed), spec(batch, 1, c.d_state), spec(batch, 1, c.d_state)
+    )
+  out_width = c.nout if config.model_name == "deq_trellisnet" else c.d_model
+  args = (body_params, rest, spec(batch, length, width), memory, spec(batch, length, out_width), jax.random.key(0))
+  grad = jax.jit(jax.grad(functools.partial(_body_loss, config, graphdef)))
+  return grad, args
+
+
+def step_memory(config, batch, length) -> dict:
+  grad, args = body_step(config, batch, length)
+  analysis = grad.lower(*args).compile().memory_analysis()
+  param_bytes = sum(leaf.size * 4 for leaf in jax.tree.leaves(args[0]))
+  return {
+    "temp": analysis.temp_size_in_bytes,
+    "params": param_bytes,
+    "total": analysis.temp_size_in_bytes + 2 * param_bytes,
+  }
+
+
+def with_depth(config, mode, depth, history=None):
+  config = config.copy_and_resolve_references()
+  config.mode = mode
+  if mode == "unrolled":
+    config.model.pretrain_depth = depth
+  else:
+    config.model.f_max_iter = depth
+    config.model.b_max_iter = depth
+  return config, history
+
+
+def deq_memory(config, batch, length, history):
+  """A DEQ step's memory with Broyden(history) (None: full history)."""
+  solver = deqjax.Broyden(history=history)
+  grad, args = body_step(config, batch, length)
+  body_params, rest, emb, memory, probe, key = args
+  graphdef = nnx.split(abstract_model(config), BODY, ...)[0]
+
+  def loss(body_params, rest, emb, memory, probe, key):
+    model = nnx.merge(graphdef, body_params, rest)
+    out, _, _ = model.body(emb, memory, ff_key=key, mode="deq", solver=solver)
+    return jnp.sum(out * probe)
+
+  analysis = jax.jit(jax.grad(loss)).lower(*args).compile().memory_analysis()
+  param_bytes = sum(leaf.size * 4 for leaf in jax.tree.leaves(body_params))
+  return analysis.temp_size_in_bytes + 2 * param_bytes
+
+
+def memory_table(rows, batch, length):
+  print(f"Training-step memory of the body (batch {batch}, length {length}, memory {length}; float32):")
+  print(f"{'row':38s} {'mode':9s} {'temp GB':>8s} {'+params+grads':>14s} {'paper GB':>9s}")
+  results = {}
+  for name, module in rows:
+    config = module.get_config()
+    m = step_memory(config, batch, length)
+    results[name] = m["total"]
+    print(f"{name:38s} {config.mode:9s} {m['temp'] / GB:8.2f} {m['total'] / GB:14.2f} {config.paper.memory_gb:9.1f}")
+  pairs = [
+    ("deq_transformer_small", "transformer_xl_small_tied_16l", 84.0),
+    ("deq_transformer_small", "transformer_xl_small_4l", None),
+    ("deq_transformer_medium", "transformer_xl_medium_16l", None),
+    ("deq_transformer_medium_adaptive", "transformer_xl_medium_adaptive_18l", None),
+    ("deq_trellisnet", "trellisnet_70l", 86.6),
+  ]
+  for deq, base, target in pairs:
+    if deq in results and base in results:
+      paper = ROWS_PAPER[deq] / ROWS_PAPER[base]
+      line = f"  {deq} vs {base}: {100 * (1 - results[deq] / results[base]):.1f}% less memory"
+      line += f" (paper {100 * (1 - paper):.1f}%" + (f"; target >= {target}%)" if target else ")")
+      print(line)
+
+
+ROWS_PAPER = {name: module.get_config().paper.memory_gb for name, module in ROWS}
+
+
+def depth_sweep(batch, length, out_dir):
+  base = deq_transformer_small.get_config()
+  depths = [8, 16, 32, 64]
+  tied, deq_full, deq_fixed = [], [], []
+  for depth in depths:
+    tied_config, _ = with_depth(base, "unrolled", depth)
+    tied.append(step_memory(tied_config, batch, length)["total"])
+    deq_config, _ = with_depth(base, "deq", depth)
+    deq_full.append(deq_memory(deq_config, batch, length, None))
+    deq_fixed.append(deq_memory(deq_config, batch, length, 8))
+  print("\nMemory against depth L (DEQ-Transformer small cell; DEQ: L forward and L backward solver steps):")
+  print(f"{'L':>4s} {'weight-tied GB':>15s} {'DEQ full history GB':>20s} {'DEQ history 8 GB':>17s}")
+  for row in zip(depths, tied, deq_full, deq_fixed, strict=True):
+    print(f"{row[0]:4d} {row[1] / GB:15.2f} {row[2] / GB:20.2f} {row[3] / GB:17.2f}")
+  spread = max(deq_fixed) / min(deq_fixed) - 1
+  print(f"  DEQ (history 8) varies by {100 * spread:.1f}% from L = 8 to 64 (target: flat within 5%)")
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  os.makedirs(out_dir, exist_ok=True)
+  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  ax.plot(depths, [t / GB for t in tied], "o-", label="weight-tied, unrolled L layers")
+  ax.plot(depths, [d / GB for d in deq_full], "s--", label="DEQ, L solver steps, full Broyden history")
+  ax.plot(depths, [d / GB for d in deq_fixed], "^-", label="DEQ, L solver steps, history 8")
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(depths, [str(d) for d in depths])
+  ax.set_xlabel("depth L")
+  ax.set_ylabel("training-step memory (GB)")
+  ax.set_title(f"DEQ-Transformer small cell, batch {batch} x {length}")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(out_dir, "memory_vs_depth.png")
+  fig.savefig(path)
+  print(f"  plot: {path}")
+
+
+def step_times(batch, length, steps):
+  """Median forward + backward time of the body at the small size, DEQ against the baselines."""
+  print(f"\nForward + backward step time of the body (batch {batch}, length {length}), measured side by side:")
+  runs, solver_steps = {}, {}
+  for name, module in ROWS[:3]:
+    config = module.get_config()
+    grad, args = body_step(config, batch, length, model=build_model(config, nnx.Rngs(0)))
+    graphdef_args = jax.tree.map(
+      lambda s: jnp.zeros(s.shape, s.dtype) if isinstance(s, jax.ShapeDtypeStruct) else s, args
+    )
+    body_params, rest, emb, memory, probe, key = graphdef_args
+    emb = jax.random.normal(jax.random.key(1), emb.shape) * 0.5
+    runs[name] = functools.partial(grad, body_params, rest, emb, memory, probe, key)
+  from experiments.solver_cases import median_times
+
+  times = median_times(runs, steps)
+  deq = times["deq_transformer_small"]
+  for name, t in times.items():
+    print(f"  {name:38s} {t:8.2f} s/step   DEQ / this = {deq / t:.2f}x")
+  del solver_steps
+
+
+def main(argv):
+  del argv
+  rows = ROWS if FLAGS.rows == ["all"] else [(n, m) for n, m in ROWS if n in FLAGS.rows]
+  memory_table(rows, FLAGS.batch, FLAGS.length)
+  depth_sweep(FLAGS.batch, FLAGS.length, FLAGS.out)
+  if FLAGS.time_steps:
+    step_times(FLAGS.batch, FLAGS.length, FLAGS.time_steps)
+
+
+if __name__ == "__main__":
+  app.run(main)
