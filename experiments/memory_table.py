@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +39,7 @@ from experiments.configs import (
   trellisnet_70l,
 )
 from experiments.model_builder import abstract_model, build_model
+from experiments.solver_cases import median_times
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "results", "Folder for the PNG plot.")
@@ -107,7 +107,8 @@ def step_memory(config, batch, length) -> dict:
   }
 
 
-def with_depth(config, mode, depth, history=None):
+def with_depth(config, mode, depth):
+  """A copy of `config` run `mode`-wise at depth L: L unrolled layers, or L forward and L backward solver steps."""
   config = config.copy_and_resolve_references()
   config.mode = mode
   if mode == "unrolled":
@@ -115,14 +116,13 @@ def with_depth(config, mode, depth, history=None):
   else:
     config.model.f_max_iter = depth
     config.model.b_max_iter = depth
-  return config, history
+  return config
 
 
 def deq_memory(config, batch, length, history):
   """A DEQ step's memory with Broyden(history) (None: full history)."""
   solver = deqjax.Broyden(history=history)
-  grad, args = body_step(config, batch, length)
-  body_params, rest, emb, memory, probe, key = args
+  _, args = body_step(config, batch, length)
   graphdef = nnx.split(abstract_model(config), BODY, ...)[0]
 
   def loss(body_params, rest, emb, memory, probe, key):
@@ -131,7 +131,7 @@ def deq_memory(config, batch, length, history):
     return jnp.sum(out * probe)
 
   analysis = jax.jit(jax.grad(loss)).lower(*args).compile().memory_analysis()
-  param_bytes = sum(leaf.size * 4 for leaf in jax.tree.leaves(body_params))
+  param_bytes = sum(leaf.size * 4 for leaf in jax.tree.leaves(args[0]))
   return analysis.temp_size_in_bytes + 2 * param_bytes
 
 
@@ -167,9 +167,8 @@ def depth_sweep(batch, length, out_dir):
   depths = [8, 16, 32, 64]
   tied, deq_full, deq_fixed = [], [], []
   for depth in depths:
-    tied_config, _ = with_depth(base, "unrolled", depth)
-    tied.append(step_memory(tied_config, batch, length)["total"])
-    deq_config, _ = with_depth(base, "deq", depth)
+    tied.append(step_memory(with_depth(base, "unrolled", depth), batch, length)["total"])
+    deq_config = with_depth(base, "deq", depth)
     deq_full.append(deq_memory(deq_config, batch, length, None))
     deq_fixed.append(deq_memory(deq_config, batch, length, 8))
   print("\nMemory against depth L (DEQ-Transformer small cell; DEQ: L forward and L backward solver steps):")
@@ -213,7 +212,6 @@ def step_times(batch, length, steps):
     body_params, rest, emb, memory, probe, key = graphdef_args
     emb = jax.random.normal(jax.random.key(1), emb.shape) * 0.5
     runs[name] = functools.partial(grad, body_params, rest, emb, memory, probe, key)
-  from experiments.solver_cases import median_times
 
   times = median_times(runs, steps)
   deq = times["deq_transformer_small"]
