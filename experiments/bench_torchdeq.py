@@ -9,7 +9,8 @@ full history), loss sum(z cos z), gradients for W, U, b. The injection x U + b i
 per call on both sides. Prints the median time of a forward + backward step for each, the
 speed-up, and the largest relative difference between the two gradients (same weights). The
 two libraries take turns in blocks of runs: interleaving single runs lets torch's idle OpenMP
-threads, which spin for a while after each call, slow down the JAX run that follows.
+threads, which spin for a while after each call, slow down the JAX run that follows; each turn
+also starts after a second of sleep, for the same reason.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def main(argv):
     )
     for name in tp
   )
-  times = median_times({"jax": lambda: step(params, x, z0, probe), "torch": torch_step}, FLAGS.repeats, block=5)
+  times = median_times(
+    {"jax": lambda: step(params, x, z0, probe), "torch": torch_step}, FLAGS.repeats, block=5, settle=1.0
+  )
   t_jax, t_torch = times["jax"], times["torch"]
   print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), K = {k}")
   print(

@@ -118,20 +118,22 @@ def floor_step(f, k):
   return jax.jit(run)
 
 
-def median_times(runs: dict, repeats: int, block: int = 1) -> dict:
+def median_times(runs: dict, repeats: int, block: int = 1, settle: float = 0.0) -> dict:
   """Median seconds of each zero-argument callable, warmed up, timed in alternation.
 
   Alternating the runs spreads slow drifts of a shared machine over all of
   them, so their ratios are measured side by side. With `block` > 1 each
   callable runs `block + 1` times per turn and the first (which pays for the
   previous callable's leftovers, e.g. another framework's spinning threads)
-  is not counted.
+  is not counted, and `settle` seconds of sleep precede each turn (an OpenMP
+  pool keeps its threads spinning for a while after its last call).
   """
   for run in runs.values():
     jax.block_until_ready(run())  # compile and warm up
   times = {name: [] for name in runs}
   for _ in range(repeats):
     for name, run in runs.items():
+      time.sleep(settle)
       for i in range(block + (block > 1)):
         start = time.perf_counter()
         jax.block_until_ready(run())
