@@ -27,6 +27,7 @@ from absl import app, flags
 from flax import nnx
 
 import deqjax
+from deqjax.models import Memory, TrellisMemory
 from experiments.configs import (
   deq_transformer_medium,
   deq_transformer_medium_adaptive,
@@ -85,11 +86,9 @@ def body_step(config, batch, length, model=None):
   if config.model_name == "transformer_xl":
     memory = tuple(spec(batch, length, c.d_model) for _ in range(c.n_layer))
   elif config.model_name == "deq_transformer":
-    memory = deqjax.models.Memory(spec(batch, length, c.d_model), spec(batch, length, 3 * c.n_head * c.d_head))
+    memory = Memory(spec(batch, length, c.d_model), spec(batch, length, 3 * c.n_head * c.d_head))
   else:
-    memory = deqjax.models.TrellisMemory(
-      spec(batch, 1, c.d_embed), spec(batch, 1, c.d_state), spec(batch, 1, c.d_state)
-    )
+    memory = TrellisMemory(spec(batch, 1, c.d_embed), spec(batch, 1, c.d_state), spec(batch, 1, c.d_state))
   out_width = c.nout if config.model_name == "deq_trellisnet" else c.d_model
   args = (body_params, rest, spec(batch, length, width), memory, spec(batch, length, out_width), jax.random.key(0))
   grad = jax.jit(jax.grad(functools.partial(_body_loss, config, graphdef)))
