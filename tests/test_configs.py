@@ -77,3 +77,17 @@ def test_transformer_xl_baseline_is_causal_and_keeps_per_layer_memory():
     assert float(jnp.max(jnp.abs(a[:, 3:] - b[:, 3:]))) > 1e-6
   grads = nnx.grad(lambda m: jnp.mean(m(tokens, tokens, first.memory).nll))(model)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+def test_memory_table_measures_depth_independence_of_the_deq():
+  # Compiled from shapes only (nothing allocated): the unrolled model grows with depth, the DEQ
+  # with a fixed Broyden history does not, and it needs less than 16 unrolled layers.
+  from experiments import memory_table as mt
+
+  base = mt.deq_transformer_small.get_config()
+  unrolled = [mt.step_memory(mt.with_depth(base, "unrolled", depth), 4, 32)["temp"] for depth in (8, 32)]
+  deq = [mt.deq_memory(mt.with_depth(base, "deq", depth), 4, 32, history=4) for depth in (8, 32)]
+  assert unrolled[1] > 2 * unrolled[0]
+  assert abs(deq[1] / deq[0] - 1) < 0.05
+  tied_16 = mt.step_memory(mt.transformer_xl_small_tied_16l.get_config(), 4, 32)["total"]
+  assert deq[0] < 0.5 * tied_16
