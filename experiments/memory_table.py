@@ -61,23 +61,25 @@ ROWS = [
   ("deq_trellisnet", deq_trellisnet),
 ]
 BODY = nnx.All(nnx.Param, nnx.Any(nnx.PathContains("cell"), nnx.PathContains("injection"), nnx.PathContains("layers")))
+ROWS_PAPER = {name: module.get_config().paper.memory_gb for name, module in ROWS}
 GB = 1e9
 
 
-def _body_loss(config, graphdef, body_params, rest, emb, memory, probe, key):
+def _body_loss(config, graphdef, solver_overrides, body_params, rest, emb, memory, probe, key):
   """<body output, probe>: a loss whose gradient flows through the whole body."""
   model = nnx.merge(graphdef, body_params, rest)
+  mode = "deq" if config.mode == "deq" else "pretrain"
   if config.model_name == "transformer_xl":
     out, _ = model.body(emb, memory, keys=list(jax.random.split(key, config.model.n_layer)))
   elif config.model_name == "deq_transformer":
-    out, _, _ = model.body(emb, memory, ff_key=key, mode="deq" if config.mode == "deq" else "pretrain")
+    out, _, _ = model.body(emb, memory, ff_key=key, mode=mode, **solver_overrides)
   else:
-    out, _, _ = model.body(emb, memory, hidden_key=key, mode="deq" if config.mode == "deq" else "pretrain")
+    out, _, _ = model.body(emb, memory, hidden_key=key, mode=mode, **solver_overrides)
   return jnp.sum(out.astype(jnp.float32) * probe)
 
 
-def body_step(config, batch, length, model=None):
-  """(jitted grad of the body loss, its abstract or concrete arguments)."""
+def body_step(config, batch, length, model=None, **solver_overrides):
+  """(jitted grad of the body loss, its abstract or concrete arguments); `fixed_point` options may be overridden."""
   model = abstract_model(config) if model is None else model
   graphdef, body_params, rest = nnx.split(model, BODY, ...)
   c = model.config
@@ -91,12 +93,13 @@ def body_step(config, batch, length, model=None):
     memory = TrellisMemory(spec(batch, 1, c.d_embed), spec(batch, 1, c.d_state), spec(batch, 1, c.d_state))
   out_width = c.nout if config.model_name == "deq_trellisnet" else c.d_model
   args = (body_params, rest, spec(batch, length, width), memory, spec(batch, length, out_width), jax.random.key(0))
-  grad = jax.jit(jax.grad(functools.partial(_body_loss, config, graphdef)))
+  grad = jax.jit(jax.grad(functools.partial(_body_loss, config, graphdef, solver_overrides)))
   return grad, args
 
 
-def step_memory(config, batch, length) -> dict:
-  grad, args = body_step(config, batch, length)
+def step_memory(config, batch, length, **solver_overrides) -> dict:
+  """Compiled memory of one body step: temporaries, and with the body's parameters and gradients."""
+  grad, args = body_step(config, batch, length, **solver_overrides)
   analysis = grad.lower(*args).compile().memory_analysis()
   param_bytes = sum(leaf.size * 4 for leaf in jax.tree.leaves(args[0]))
   return {
@@ -119,19 +122,8 @@ def with_depth(config, mode, depth):
 
 
 def deq_memory(config, batch, length, history):
-  """A DEQ step's memory with Broyden(history) (None: full history)."""
-  solver = deqjax.Broyden(history=history)
-  _, args = body_step(config, batch, length)
-  graphdef = nnx.split(abstract_model(config), BODY, ...)[0]
-
-  def loss(body_params, rest, emb, memory, probe, key):
-    model = nnx.merge(graphdef, body_params, rest)
-    out, _, _ = model.body(emb, memory, ff_key=key, mode="deq", solver=solver)
-    return jnp.sum(out * probe)
-
-  analysis = jax.jit(jax.grad(loss)).lower(*args).compile().memory_analysis()
-  param_bytes = sum(leaf.size * 4 for leaf in jax.tree.leaves(args[0]))
-  return analysis.temp_size_in_bytes + 2 * param_bytes
+  """A DEQ step's memory (temporaries, parameters, gradients) with Broyden(history); None: full history."""
+  return step_memory(config, batch, length, solver=deqjax.Broyden(history=history))["total"]
 
 
 def memory_table(rows, batch, length):
@@ -156,9 +148,6 @@ def memory_table(rows, batch, length):
       line = f"  {deq} vs {base}: {100 * (1 - results[deq] / results[base]):.1f}% less memory"
       line += f" (paper {100 * (1 - paper):.1f}%" + (f"; target >= {target}%)" if target else ")")
       print(line)
-
-
-ROWS_PAPER = {name: module.get_config().paper.memory_gb for name, module in ROWS}
 
 
 def depth_sweep(batch, length, out_dir):
