@@ -20,7 +20,7 @@ from flax import nnx
 from deqjax._info import SolveInfo
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
 from deqjax.nn.attention import sinusoid_positions
-from deqjax.nn.deq_layer import lm_solver_options, solve_cell
+from deqjax.nn.deq_layer import jacobian_penalty, lm_solver_options, solve_cell
 from deqjax.nn.dropout import apply_mask, variational_mask
 from deqjax.nn.transformer_cell import DEQTransformerCell
 
@@ -41,6 +41,8 @@ class DEQTransformerConfig:
     mem_len: equilibrium states kept as memory for the next segment.
     f_max_iter, b_max_iter: forward / backward solver caps.
     f_tol, b_tol: relative tolerances of the forward / backward solves.
+    broyden_history: Broyden updates kept per solve (None: all, as the reference; fewer saves
+      2 x history x state memory per solve).
     pretrain_depth: unrolled layers in the pretraining mode.
     feed_fz: feed f(z*) rather than z* to the softmax, as the 2019 reference does.
   """
@@ -59,6 +61,7 @@ class DEQTransformerConfig:
   b_max_iter: int = 40
   f_tol: float = 1e-3
   b_tol: float = 1e-3
+  broyden_history: int | None = None
   pretrain_depth: int = 2
   feed_fz: bool = True
 
@@ -89,6 +92,15 @@ class LMOutput(NamedTuple):
   nll: jax.Array  # [b, q], float32 (float64 for a float64 model)
   memory: Memory
   info: SolveInfo | None  # forward solve, per sample; None when pretraining
+  jac_loss: jax.Array | None = None  # [b] ||df/dz||_F^2 / n at z*, when asked for
+
+
+def _last(old: jax.Array, new: jax.Array, keep: int) -> jax.Array:
+  """The last `keep` positions of [old; new] along axis 1."""
+  if keep <= new.shape[1]:
+    return new[:, new.shape[1] - keep :]
+  both = jnp.concatenate([old.astype(new.dtype), new], axis=1)
+  return both[:, both.shape[1] - keep :]
 
 
 class DEQTransformerLM(nnx.Module):
@@ -105,36 +117,39 @@ class DEQTransformerLM(nnx.Module):
     c = self.config
     return Memory(jnp.zeros((batch, 0, c.d_model), dtype), jnp.zeros((batch, 0, 3 * c.n_head * c.d_head), dtype))
 
-  def body(self, emb: jax.Array, memory: Memory | None, *, ff_key=None, mode: str = "deq", **solver_overrides):
+  def body(
+    self, emb: jax.Array, memory: Memory | None, *, ff_key=None, mode: str = "deq", jac_key=None, **solver_overrides
+  ):
     """Everything between the embedding and the softmax.
 
     Args:
       emb: `[b, q, d_model]` (dropped-out) embeddings; their dtype is the compute dtype.
       memory: the previous segment's `Memory`, or None.
       ff_key: PRNG key of the FFN's variational mask (None: no dropout).
+      jac_key: PRNG key of the Jacobian penalty's probe (None: not computed).
 
     Returns:
-      (output `[b, q, d_model]` fed to the softmax, the new `Memory`, the forward `SolveInfo` or None).
+      (output `[b, q, d_model]` fed to the softmax, the new `Memory`, the forward `SolveInfo` or None,
+      the per-sample Jacobian penalty `[b]` or None).
     """
     c = self.config
     b, q, _ = emb.shape
     dtype = emb.dtype
     memory = self.init_memory(b, dtype) if memory is None else memory
-    u = jnp.concatenate([memory.u.astype(dtype), self.injection(emb)], axis=1)
-    pos_emb = sinusoid_positions(u.shape[1], c.d_model, dtype)
+    u = self.injection(emb)
+    pos_emb = sinusoid_positions(memory.u.shape[1] + q, c.d_model, dtype)
     ff_mask = variational_mask(ff_key, b, c.d_inner, c.dropout, dtype)
-    weights, inputs = self.cell.prepare(u, memory.z.astype(dtype), pos_emb, ff_mask)
+    weights, inputs = self.cell.prepare(memory.u.astype(dtype), u, memory.z.astype(dtype), pos_emb, ff_mask)
     weights = jax.tree.map(lambda w: w.astype(dtype), weights)
-    options = lm_solver_options(c.f_max_iter, c.b_max_iter, c.f_tol, c.b_tol, **solver_overrides)
+    options = lm_solver_options(c.f_max_iter, c.b_max_iter, c.f_tol, c.b_tol, c.broyden_history, **solver_overrides)
     z0 = jnp.zeros((b, q, c.d_model), dtype)
     z_star, info = solve_cell(
       DEQTransformerCell.step, weights, inputs, z0, mode=mode, pretrain_depth=c.pretrain_depth, **options
     )
     out = DEQTransformerCell.step(weights, z_star, inputs) if c.feed_fz else z_star
-    keep = c.mem_len
-    z_all = jnp.concatenate([memory.z.astype(dtype), z_star], axis=1)
-    new_memory = jax.lax.stop_gradient(Memory(z_all[:, z_all.shape[1] - keep :], u[:, u.shape[1] - keep :]))
-    return out, new_memory, info
+    jac = None if jac_key is None else jacobian_penalty(DEQTransformerCell.step, weights, z_star, inputs, jac_key)
+    new_memory = jax.lax.stop_gradient(Memory(_last(memory.z, z_star, c.mem_len), _last(memory.u, u, c.mem_len)))
+    return out, new_memory, info, jac
 
   def __call__(
     self,
@@ -145,6 +160,7 @@ class DEQTransformerLM(nnx.Module):
     dropout_key: jax.Array | None = None,
     mode: str = "deq",
     dtype=jnp.float32,
+    jac_key: jax.Array | None = None,
     **solver_overrides,
   ) -> LMOutput:
     """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the memory.
@@ -153,14 +169,15 @@ class DEQTransformerLM(nnx.Module):
       dropout_key: PRNG key for the variational masks; None evaluates (no dropout).
       mode: "deq" or "pretrain" (unrolled `pretrain_depth` layers).
       dtype: compute dtype of the cell (e.g. jnp.bfloat16); the softmax runs in at least float32.
+      jac_key: PRNG key for the Jacobian penalty (`jac_loss`); None skips it.
       solver_overrides: `deqjax.fixed_point` options for this call.
     """
     c = self.config
     b, q = tokens.shape
     keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
     emb = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
-    out, new_memory, info = self.body(emb, memory, ff_key=keys[1], mode=mode, **solver_overrides)
+    out, new_memory, info, jac = self.body(emb, memory, ff_key=keys[1], mode=mode, jac_key=jac_key, **solver_overrides)
     out = apply_mask(out, variational_mask(keys[2], b, c.d_model, c.dropout, dtype))
     acc = jnp.promote_types(dtype, jnp.float32)
     nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
-    return LMOutput(nll.reshape(b, q), new_memory, info)
+    return LMOutput(nll.reshape(b, q), new_memory, info, jac)

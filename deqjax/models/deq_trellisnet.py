@@ -16,7 +16,7 @@ from flax import nnx
 
 from deqjax._info import SolveInfo
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
-from deqjax.nn.deq_layer import lm_solver_options, solve_cell
+from deqjax.nn.deq_layer import jacobian_penalty, lm_solver_options, solve_cell
 from deqjax.nn.dropout import apply_mask, variational_mask
 from deqjax.nn.trellisnet_cell import DEQTrellisNetCell
 
@@ -32,6 +32,8 @@ class DEQTrellisNetConfig:
     cutoffs: split-softmax boundaries (empty: a plain tied softmax).
     dropout_input, dropout_hidden, dropout_output: variational dropout rates.
     f_max_iter, b_max_iter, f_tol, b_tol: solver caps and relative tolerances.
+    broyden_history: Broyden updates kept per solve (None: all, as the reference; fewer saves
+      2 x history x state memory per solve).
     pretrain_depth: unrolled layers in the pretraining mode.
     feed_fz: feed f(z*) rather than z* to the softmax.
   """
@@ -48,6 +50,7 @@ class DEQTrellisNetConfig:
   b_max_iter: int = 45
   f_tol: float = 1e-3
   b_tol: float = 1e-3
+  broyden_history: int | None = None
   pretrain_depth: int = 40
   feed_fz: bool = True
 
@@ -77,6 +80,7 @@ class TrellisOutput(NamedTuple):
   nll: jax.Array  # [b, q]
   memory: TrellisMemory
   info: SolveInfo | None
+  jac_loss: jax.Array | None = None  # [b] ||df/dz||_F^2 / n at z*, when asked for
 
 
 class DEQTrellisNetLM(nnx.Module):
@@ -92,16 +96,27 @@ class DEQTrellisNetLM(nnx.Module):
     zeros = lambda d: jnp.zeros((batch, 1, d), dtype)
     return TrellisMemory(zeros(c.d_embed), zeros(c.d_state), zeros(c.d_state))
 
-  def body(self, x: jax.Array, memory: TrellisMemory | None, *, hidden_key=None, mode: str = "deq", **solver_overrides):
+  def body(
+    self,
+    x: jax.Array,
+    memory: TrellisMemory | None,
+    *,
+    hidden_key=None,
+    mode: str = "deq",
+    jac_key=None,
+    **solver_overrides,
+  ):
     """Everything between the embedding and the softmax.
 
     Args:
       x: `[b, q, d_embed]` (dropped-out) embeddings; their dtype is the compute dtype.
       memory: the previous segment's `TrellisMemory`, or None.
       hidden_key: PRNG key of the variational mask on h (None: no dropout).
+      jac_key: PRNG key of the Jacobian penalty's probe (None: not computed).
 
     Returns:
-      (output `[b, q, nout]`, the new `TrellisMemory`, the forward `SolveInfo` or None).
+      (output `[b, q, nout]`, the new `TrellisMemory`, the forward `SolveInfo` or None,
+      the per-sample Jacobian penalty `[b]` or None).
     """
     c = self.config
     b, q, _ = x.shape
@@ -110,14 +125,15 @@ class DEQTrellisNetLM(nnx.Module):
     h_mask = variational_mask(hidden_key, b, c.d_state, c.dropout_hidden, dtype)
     weights, inputs = self.cell.prepare(x, memory.x, memory.h, memory.c, h_mask)
     weights = jax.tree.map(lambda w: w.astype(dtype), weights)
-    options = lm_solver_options(c.f_max_iter, c.b_max_iter, c.f_tol, c.b_tol, **solver_overrides)
+    options = lm_solver_options(c.f_max_iter, c.b_max_iter, c.f_tol, c.b_tol, c.broyden_history, **solver_overrides)
     z0 = {"h": jnp.zeros((b, q, c.d_state), dtype), "c": jnp.zeros((b, q, c.d_state), dtype)}
     z_star, info = solve_cell(
       DEQTrellisNetCell.step, weights, inputs, z0, mode=mode, pretrain_depth=c.pretrain_depth, **options
     )
     z_out = DEQTrellisNetCell.step(weights, z_star, inputs) if c.feed_fz else z_star
+    jac = None if jac_key is None else jacobian_penalty(DEQTrellisNetCell.step, weights, z_star, inputs, jac_key)
     new_memory = jax.lax.stop_gradient(TrellisMemory(x[:, -1:], z_star["h"][:, -1:], z_star["c"][:, -1:]))
-    return z_out["h"][..., -c.nout :], new_memory, info
+    return z_out["h"][..., -c.nout :], new_memory, info, jac
 
   def __call__(
     self,
@@ -128,6 +144,7 @@ class DEQTrellisNetLM(nnx.Module):
     dropout_key: jax.Array | None = None,
     mode: str = "deq",
     dtype=jnp.float32,
+    jac_key: jax.Array | None = None,
     **solver_overrides,
   ) -> TrellisOutput:
     """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the previous segment's history."""
@@ -137,8 +154,10 @@ class DEQTrellisNetLM(nnx.Module):
     x = apply_mask(
       self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_embed, c.dropout_input, dtype)
     )
-    out, new_memory, info = self.body(x, memory, hidden_key=keys[1], mode=mode, **solver_overrides)
+    out, new_memory, info, jac = self.body(
+      x, memory, hidden_key=keys[1], mode=mode, jac_key=jac_key, **solver_overrides
+    )
     out = apply_mask(out, variational_mask(keys[2], b, c.nout, c.dropout_output, dtype))
     acc = jnp.promote_types(dtype, jnp.float32)
     nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
-    return TrellisOutput(nll.reshape(b, q), new_memory, info)
+    return TrellisOutput(nll.reshape(b, q), new_memory, info, jac)

@@ -65,7 +65,7 @@ class TransformerXLLM(nnx.Module):
       new_memory.append(jax.lax.stop_gradient(keep[:, keep.shape[1] - c.mem_len :]))
       pos_emb = sinusoid_positions(keep.shape[1], c.d_model, dtype)
       ff_mask = variational_mask(key, b, c.d_inner, c.dropout, dtype)
-      weights, inputs = layer.prepare(None, mem.astype(dtype), pos_emb, ff_mask)
+      weights, inputs = layer.prepare(None, None, mem.astype(dtype), pos_emb, ff_mask)
       h = DEQTransformerCell.step(jax.tree.map(lambda w: w.astype(dtype), weights), h, inputs)
     return h, tuple(new_memory)
 

@@ -19,16 +19,16 @@ def sinusoid_positions(klen: int, d_model: int, dtype=jnp.float32) -> jax.Array:
 
 
 def rel_shift(x: jax.Array) -> jax.Array:
-  """Aligns position scores `[b, h, q, k]` from distance order to key order.
+  """Aligns position scores `[..., q, k]` from distance order to key order.
 
   Column j of the input scores distance klen-1-j; after the shift, entry
   (i, j) scores query i (absolute position m + i) against key j, i.e. the
   input's column j + q - 1 - i. Entries with j > m + i (future keys) hold
   other scores and must be masked.
   """
-  b, h, q, k = x.shape
-  padded = jnp.concatenate([jnp.zeros((b, h, q, 1), x.dtype), x], axis=-1)
-  return padded.reshape(b, h, k + 1, q)[:, :, 1:].reshape(b, h, q, k)
+  *lead, q, k = x.shape
+  padded = jnp.concatenate([jnp.zeros((*lead, q, 1), x.dtype), x], axis=-1)
+  return padded.reshape(*lead, k + 1, q)[..., 1:, :].reshape(*lead, q, k)
 
 
 def causal_mask(qlen: int, mlen: int) -> jax.Array:
@@ -36,8 +36,25 @@ def causal_mask(qlen: int, mlen: int) -> jax.Array:
   return jnp.arange(mlen + qlen)[None, :] <= (jnp.arange(qlen)[:, None] + mlen)
 
 
+def _one_head(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int):
+  """One head: q `[b, q, d]`, k, v `[b, k, d]`, r_k `[k, d]`, biases `[d]` -> `[b, q, d]`."""
+  d_head = q.shape[-1]
+  content = jnp.einsum("bqd,bkd->bqk", q + r_w_bias[None, None].astype(q.dtype), k)
+  position = rel_shift(jnp.einsum("bqd,kd->bqk", q + r_r_bias[None, None].astype(q.dtype), r_k))
+  acc = jnp.promote_types(q.dtype, jnp.float32)  # float32 for 16-bit inputs, float64 stays
+  scores = (content + position).astype(acc) / jnp.sqrt(jnp.asarray(d_head, acc))
+  scores = jnp.where(causal_mask(q.shape[1], mlen)[None], scores, -jnp.inf)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bqk,bkd->bqd", probs, v)
+
+
 def relative_attention(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int) -> jax.Array:
   """Transformer-XL attention with learnable content/position biases.
+
+  Heads are computed one at a time (`lax.map`) and rematerialised under
+  differentiation: no `[b, h, q, k]` tensor is ever stored or materialised,
+  only `[b, q, k]` for the head at hand. The DEQ's backward solve evaluates
+  this layer's VJP dozens of times, so its transients set the step's peak.
 
   Args:
     q: `[b, q, h, d]` queries of the current segment.
@@ -49,14 +66,11 @@ def relative_attention(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int) -> jax.Array
   Returns:
     `[b, q, h, d]` attention output (softmax in at least float32).
   """
-  d_head = q.shape[-1]
-  content = jnp.einsum("bqhd,bkhd->bhqk", q + r_w_bias[None, None].astype(q.dtype), k)
-  position = rel_shift(jnp.einsum("bqhd,khd->bhqk", q + r_r_bias[None, None].astype(q.dtype), r_k))
-  acc = jnp.promote_types(q.dtype, jnp.float32)  # float32 for 16-bit inputs, float64 stays
-  scores = (content + position).astype(acc) / jnp.sqrt(jnp.asarray(d_head, acc))
-  scores = jnp.where(causal_mask(q.shape[1], mlen)[None, None], scores, -jnp.inf)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+  head = jax.checkpoint(lambda args: _one_head(*args, mlen))
+  heads_first = lambda a, axis: jnp.moveaxis(a, axis, 0)
+  per_head = (heads_first(q, 2), heads_first(k, 2), heads_first(v, 2), heads_first(r_k, 1), r_w_bias, r_r_bias)
+  out = jax.lax.map(head, per_head)  # [h, b, q, d]
+  return jnp.moveaxis(out, 0, 2)
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:

@@ -7,6 +7,8 @@ from typing import Any
 
 import jax
 
+from deqjax._broyden import Broyden
+from deqjax._diagnostics import jacobian_frobenius_sq
 from deqjax._fixed_point import fixed_point
 from deqjax._info import SolveInfo
 
@@ -46,10 +48,15 @@ def solve_cell(
   raise ValueError(f"Unknown mode={mode!r}; expected one of {list(MODES)}.")
 
 
-def lm_solver_options(f_max_iter: int, b_max_iter: int, f_tol: float, b_tol: float, **overrides) -> dict:
-  """The language models' solver settings: per-sample Broyden, relative tolerances, overridable per call."""
+def lm_solver_options(
+  f_max_iter: int, b_max_iter: int, f_tol: float, b_tol: float, history: int | None = None, **overrides
+) -> dict:
+  """The language models' solver settings: per-sample Broyden, relative tolerances, overridable per call.
+
+  `history` is the number of Broyden updates kept (None: all of them, as the reference).
+  """
   options = dict(
-    solver="broyden",
+    solver=Broyden(history=history),
     max_iter=f_max_iter,
     tol=0.0,
     rtol=f_tol,
@@ -65,3 +72,15 @@ def lm_solver_options(f_max_iter: int, b_max_iter: int, f_tol: float, b_tol: flo
 def unrolled(step, weights, inputs, z0, depth: int):
   """f applied `depth` times (a `fori_loop` with a static count: a scan under reverse mode)."""
   return jax.lax.fori_loop(0, depth, lambda _, z: step(weights, z, inputs), z0)
+
+
+def jacobian_penalty(step, weights, z_star, inputs, key: jax.Array) -> jax.Array:
+  """Per-sample Hutchinson estimate of ||df/dz||_F^2 / n at the detached equilibrium: `[batch]`.
+
+  The Jacobian regulariser of Bai et al. (2021): the loss adds gamma times its mean. It is
+  differentiable in the weights and inputs, n is the state size of one sample, and
+  `z_star`'s leaves have the batch on axis 0.
+  """
+  z = jax.lax.stop_gradient(z_star)
+  n = sum(leaf[0].size for leaf in jax.tree.leaves(z))
+  return jacobian_frobenius_sq(step, weights, z, inputs, key, batch_axis=0) / n

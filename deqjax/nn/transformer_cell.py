@@ -7,7 +7,7 @@
 
 LayerNorm has no learnable scale or bias; qkv, r, o, ff1 and ff2 are weight
 normalised. Shapes: z `[batch, q, d_model]`, memory `[batch, m, d_model]`,
-u `[batch, m + q, 3 * n_head * d_head]`.
+u `[batch, q, 3 * n_head * d_head]` (and `[batch, m, ...]` for the memory).
 """
 
 from __future__ import annotations
@@ -41,11 +41,19 @@ class DEQTransformerCell(nnx.Module):
     self.ff2 = WeightNormDense(d_inner, d_model, use_bias=True, rngs=rngs)
     self.n_head, self.d_head = n_head, d_head
 
-  def prepare(self, u: jax.Array | None, z_mem: jax.Array, pos_emb: jax.Array, ff_mask: jax.Array | None):
+  def prepare(
+    self,
+    u_mem: jax.Array | None,
+    u: jax.Array | None,
+    z_mem: jax.Array,
+    pos_emb: jax.Array,
+    ff_mask: jax.Array | None,
+  ):
     """Per-segment constants.
 
     Args:
-      u: `[b, m + q, 3 * h * d]` injection over [memory; segment], or None (no injection).
+      u_mem, u: `[b, m, 3 * h * d]` and `[b, q, 3 * h * d]` injections of the memory
+        and of the segment, or both None (no injection).
       z_mem: `[b, m, d_model]` memory (previous equilibria, no gradient).
       pos_emb: `[m + q, d_model]` sinusoidal embeddings for distances m+q-1..0.
       ff_mask: variational dropout mask `[b, 1, d_inner]` or None.
@@ -56,7 +64,7 @@ class DEQTransformerCell(nnx.Module):
     b, m = z_mem.shape[:2]
     h, d = self.n_head, self.d_head
     qkv = self.qkv.weights()
-    mem_qkv = dense(qkv, z_mem) if u is None else dense(qkv, z_mem) + u[:, :m]
+    mem_qkv = dense(qkv, z_mem) if u_mem is None else dense(qkv, z_mem) + u_mem
     k_mem, v_mem = mem_qkv[..., h * d : 2 * h * d], mem_qkv[..., 2 * h * d :]
     weights = {
       "qkv": qkv,
@@ -67,7 +75,7 @@ class DEQTransformerCell(nnx.Module):
       "r_r_bias": self.r_r_bias[...],
     }
     inputs = {
-      "u": None if u is None else u[:, m:],
+      "u": u,
       "k_mem": k_mem.reshape(b, m, h, d),
       "v_mem": v_mem.reshape(b, m, h, d),
       "r_k": dense(self.r_net.weights(), pos_emb).reshape(-1, h, d),

@@ -1,0 +1,79 @@
+"""The training, evaluation and data fields every experiment config carries (conventional names)."""
+
+import ml_collections
+
+# The reference's recipes (DEQ_REFERENCE.md §4-5): Adam, linear warmup then cosine to 0,
+# global-norm clipping, a shallow weight-tied pretraining phase, memory-cached evaluation.
+TRANSFORMER_WT103 = dict(
+  batch_size=56,
+  tgt_len=150,
+  eval_batch_size=4,
+  eval_tgt_len=150,
+  learning_rate=2.5e-4,
+  warmup_steps=16_000,
+  num_train_steps=300_000,
+  grad_clip=0.25,
+  pretrain_steps=16_000,
+)
+TRELLISNET_WT103 = dict(
+  batch_size=49,
+  tgt_len=100,
+  eval_batch_size=4,
+  eval_tgt_len=100,
+  learning_rate=1e-3,
+  warmup_steps=0,
+  num_train_steps=300_000,
+  grad_clip=0.07,
+  pretrain_steps=30_000,
+)
+
+
+def add_training(config: ml_collections.ConfigDict, dataset: str, **values) -> ml_collections.ConfigDict:
+  """Adds the data / optimisation / bookkeeping fields to `config`, overridden by `values`.
+
+  Fields:
+    data.name: TFDS config of the `wikitext` builder ("wikitext103", "wikitext2", "wikitext2_sample").
+    data.manual_dir: folder with the wiki.*.tokens files (or the official zip).
+    data.data_dir: where TFDS keeps the prepared dataset ("" = TFDS's default).
+    seed: parameters, dropout and probes all derive from it.
+    batch_size, tgt_len: global batch (split over devices) and segment length.
+    eval_batch_size, eval_tgt_len, eval_mem_len: memory-cached evaluation (eval_mem_len -1: the model's).
+    eval_max_segments: periodic validation reads at most this many segments (0: all); the final
+      test always reads all.
+    learning_rate, warmup_steps, num_train_steps, grad_clip, weight_decay: AdamW, linear warmup then
+      cosine to 0 at num_train_steps, global-norm clipping.
+    pretrain_steps: DEQ models train the unrolled weight-tied cell (pretrain_depth layers) first.
+    jac_reg: weight gamma of the Jacobian penalty ||df/dz||_F^2 / n (0: off).
+    dtype: compute dtype of the cell ("float32" or "bfloat16").
+    log_every_steps, eval_every_steps, checkpoint_every_steps, keep_checkpoints: bookkeeping.
+    max_nonfinite_steps: consecutive skipped (non-finite) steps after which the run stops.
+  """
+  config.data = ml_collections.ConfigDict(dict(name=dataset, manual_dir="", data_dir=""))
+  fields = dict(
+    seed=0,
+    batch_size=8,
+    tgt_len=64,
+    eval_batch_size=4,
+    eval_tgt_len=64,
+    eval_mem_len=-1,
+    eval_max_segments=0,
+    learning_rate=1e-3,
+    warmup_steps=0,
+    num_train_steps=1000,
+    grad_clip=0.25,
+    weight_decay=0.0,
+    pretrain_steps=0,
+    jac_reg=0.0,
+    dtype="float32",
+    log_every_steps=50,
+    eval_every_steps=1000,
+    checkpoint_every_steps=1000,
+    keep_checkpoints=3,
+    max_nonfinite_steps=20,
+  )
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ValueError(f"Unknown training field(s) {unknown}; known: {sorted(fields)}.")
+  fields.update(values)
+  config.update(fields)
+  return config

@@ -1,0 +1,58 @@
+r"""Train or evaluate a language model from an ml_collections config file.
+
+    python -m experiments.main --config=experiments/configs/default.py --workdir=/tmp/deqjax_default
+    python -m experiments.main --config=... --workdir=... --mode=eval --config.eval_tgt_len=75
+    python -m experiments.main --config=... --config.model.f_max_iter=20   # any field; unknown ones fail
+
+Training resumes from the workdir's latest checkpoint. The last printed line is
+`test_ppl=<float>` (full precision). Multi-host: pass --coordinator_address,
+--num_processes and --process_id (or --distributed on platforms that detect them).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events go here.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then test) or eval (the latest checkpoint).")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (cluster auto-detection).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file operation at INFO
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
+    )
+  logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
+  try:
+    if FLAGS.mode == "train":
+      test_ppl = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      if test_ppl is None:  # stopped by SIGTERM after saving
+        return
+    else:
+      test_ppl = train.evaluate(FLAGS.config, FLAGS.workdir)
+  except (train.NonFiniteError, FileNotFoundError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  if jax.process_index() == 0:
+    print(f"test_ppl={test_ppl!r}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

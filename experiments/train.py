@@ -1,0 +1,391 @@
+"""Training and memory-cached evaluation of the language models, data-parallel over all devices.
+
+`train_and_evaluate(config, workdir)` trains (resuming from the workdir's latest
+checkpoint), validates periodically and returns the test perplexity;
+`evaluate(config, workdir)` scores the latest checkpoint. Everything a step
+depends on is a function of (seed, step) or lives in the checkpoint, so a run
+killed at any moment and restarted ends with the same parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import deqjax
+from deqjax.data import OrderedLMStream, WikitextData, load_wikitext
+from experiments.model_builder import architecture, build_model
+from experiments.train_metrics import MetricsWriter, StepMetrics
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def load_data(config: ml_collections.ConfigDict) -> WikitextData:
+  d = config.data
+  if not d.manual_dir:
+    raise ValueError("config.data.manual_dir is empty; point it at the folder with the wiki.*.tokens files.")
+  return load_wikitext(d.name, d.manual_dir, d.data_dir or None)
+
+
+def resolve_vocab(config: ml_collections.ConfigDict, data: WikitextData) -> ml_collections.ConfigDict:
+  """A copy of `config` whose model.n_token is the data's vocabulary size (0 means: take it from the data)."""
+  config = config.copy_and_resolve_references()
+  n_token = config.model.n_token
+  if n_token == 0:
+    config.model.n_token = len(data.vocab)
+  elif n_token != len(data.vocab):
+    raise ValueError(
+      f"config.model.n_token={n_token} but the {data.name!r} vocabulary has {len(data.vocab)} types;"
+      " set n_token to match (or to 0 to take it from the data)."
+    )
+  return config
+
+
+def vocab_digest(vocab) -> str:
+  return hashlib.sha256("\n".join(vocab).encode()).hexdigest()[:16]
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def check_batch(name: str, batch: int, mesh) -> None:
+  devices = mesh.devices.size
+  if batch % devices or batch % jax.process_count():
+    raise ValueError(
+      f"{name}={batch} is not divisible by the {devices} devices ({jax.process_count()} processes);"
+      " the global batch is split evenly across them."
+    )
+
+
+def local_rows(batch: int) -> tuple[int, int]:
+  """The rows of the global batch that this process loads."""
+  per_process = batch // jax.process_count()
+  start = jax.process_index() * per_process
+  return start, start + per_process
+
+
+def to_global(array: np.ndarray, sharding: NamedSharding, global_rows: int) -> jax.Array:
+  """This process's rows -> the global array sharded over the batch axis."""
+  return jax.make_array_from_process_local_data(sharding, array, (global_rows, *array.shape[1:]))
+
+
+@dataclasses.dataclass
+class Runtime:
+  """Everything that stays fixed during a run."""
+
+  config: ml_collections.ConfigDict
+  data: WikitextData
+  graphdef: nnx.GraphDef
+  rest: nnx.State
+  optimizer: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
+  is_deq: bool
+
+  @property
+  def batch_sharding(self):
+    return NamedSharding(self.mesh, P("data"))
+
+  @property
+  def replicated(self):
+    return NamedSharding(self.mesh, P())
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW with linear warmup then cosine decay to 0 at num_train_steps, after global-norm clipping."""
+  warmup = min(config.warmup_steps, config.num_train_steps)
+  schedule = optax.warmup_cosine_decay_schedule(
+    init_value=0.0 if warmup else config.learning_rate,
+    peak_value=config.learning_rate,
+    warmup_steps=warmup,
+    decay_steps=max(config.num_train_steps, warmup + 1),
+    end_value=0.0,
+  )
+  return optax.chain(
+    optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity(),
+    optax.adamw(schedule, weight_decay=config.weight_decay),
+  )
+
+
+def setup(config: ml_collections.ConfigDict) -> tuple[Runtime, nnx.State]:
+  """(runtime, initial parameters) for `config`; the config is checked first."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f"Unknown dtype={config.dtype!r}; expected one of {sorted(DTYPES)}.")
+  architecture(config)  # unknown model fields / modes fail here, before the data is read
+  mesh = make_mesh()
+  check_batch("batch_size", config.batch_size, mesh)
+  check_batch("eval_batch_size", config.eval_batch_size, mesh)
+  data = load_data(config)
+  config = resolve_vocab(config, data)
+  model = build_model(config, nnx.Rngs(config.seed))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  runtime = Runtime(config, data, graphdef, rest, make_optimizer(config), mesh, config.mode != "layers")
+  return runtime, jax.device_put(params, runtime.replicated)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _forward(rt: Runtime, params, tokens, targets, memory, *, key, mode, probe=None, jac_key=None):
+  """The model's output for one segment (DEQ models: `mode` "deq" or "pretrain")."""
+  model = nnx.merge(rt.graphdef, params, rt.rest)
+  dtype = DTYPES[rt.config.dtype]
+  if not rt.is_deq:
+    return model(tokens, targets, memory, dropout_key=key, dtype=dtype)
+  extra = {} if probe is None else {"backward_probe": probe}
+  return model(tokens, targets, memory, dropout_key=key, mode=mode, dtype=dtype, jac_key=jac_key, **extra)
+
+
+def model_mode(config, step: int) -> str:
+  """ "deq" or "pretrain" (unrolled weight-tied cell) for DEQ models; "layers" otherwise."""
+  if config.mode == "layers":
+    return "layers"
+  if config.mode == "unrolled" or step < config.pretrain_steps:
+    return "pretrain"
+  return "deq"
+
+
+def train_step(rt: Runtime, mode: str, params, opt_state, memory, tokens, targets, step):
+  """One update; a non-finite loss or gradient leaves parameters, optimizer state and memory unchanged."""
+  key = jax.random.fold_in(jax.random.key(rt.config.seed + 1), step)
+  dropout_key, jac_key = jax.random.split(key)
+  use_jac = mode == "deq" and rt.config.jac_reg > 0
+  batch = tokens.shape[0]
+  probe = deqjax.backward_probe(batch) if mode == "deq" else None
+
+  def loss_fn(params, probe):
+    out = _forward(
+      rt, params, tokens, targets, memory, key=dropout_key, mode=mode, probe=probe, jac_key=jac_key if use_jac else None
+    )
+    nll = jnp.mean(out.nll)
+    loss = nll + rt.config.jac_reg * jnp.mean(out.jac_loss) if use_jac else nll
+    return loss, (nll, out)
+
+  (loss, (nll, out)), (grads, probe_bar) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(params, probe)
+  grad_norm = optax.tree_utils.tree_l2_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt_state = rt.optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  metrics = {"loss": nll, "grad_norm": grad_norm, "finite": finite}
+  if use_jac:
+    metrics["jac_loss"] = jnp.mean(out.jac_loss)
+  if mode == "deq":
+    metrics.update(
+      f_steps=jnp.mean(out.info.nstep.astype(jnp.float32)),
+      f_residual=jnp.mean(out.info.rel_residual.astype(jnp.float32)),
+      b_steps=jnp.mean(probe_bar.nstep),
+      b_residual=jnp.mean(probe_bar.rel_residual),
+    )
+  new_memory = keep(out.memory, memory) if _same_shapes(out.memory, memory) else out.memory
+  return keep(new_params, params), keep(new_opt_state, opt_state), new_memory, metrics
+
+
+def _same_shapes(a, b) -> bool:
+  return jax.tree.structure(a) == jax.tree.structure(b) and all(
+    x.shape == y.shape for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
+
+
+def eval_step(rt: Runtime, mode: str, params, memory, tokens, targets):
+  """(summed NLL, new memory) of one evaluation segment (no dropout)."""
+  out = _forward(rt, params, tokens, targets, memory, key=None, mode=mode)
+  return jnp.sum(out.nll.astype(jnp.float32)), out.memory
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_split(rt: Runtime, params, split: str, max_segments: int, mode: str) -> float:
+  """Memory-cached perplexity: eval_batch_size ordered streams, segments of eval_tgt_len, memory carried.
+
+  `mode` is the model mode trained last ("deq", "pretrain" or "layers"); max_segments 0 reads all.
+  """
+  c = rt.config
+  eval_config = c
+  if c.eval_mem_len >= 0 and c.eval_mem_len != c.model.mem_len:
+    eval_config = c.copy_and_resolve_references()
+    eval_config.model.mem_len = c.eval_mem_len
+  graphdef = rt.graphdef
+  if eval_config is not c:
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(eval_config, nnx.Rngs(0))), nnx.Param, ...)
+  eval_rt = dataclasses.replace(rt, config=eval_config, graphdef=graphdef)
+  stream = OrderedLMStream(rt.data.splits[split], c.eval_batch_size, c.eval_tgt_len, rows=local_rows(c.eval_batch_size))
+  step = jax.jit(lambda p, m, x, y: eval_step(eval_rt, mode, p, m, x, y))
+  memory = init_memory(eval_rt, c.eval_batch_size)
+  total, count = 0.0, 0
+  for k, (inputs, targets) in enumerate(stream.eval_segments()):
+    if max_segments and k >= max_segments:
+      break
+    sharding = rt.batch_sharding
+    x, y = (to_global(a, sharding, c.eval_batch_size) for a in (inputs, targets))
+    nll, memory = step(params, memory, x, y)
+    total += float(nll)
+    count += inputs.shape[1] * c.eval_batch_size
+  return math.exp(total / count)
+
+
+def init_memory(rt: Runtime, batch: int):
+  """The model's empty memory for `batch` rows (length 0, or the TrellisNet's zero history), batch-sharded."""
+  abstract = nnx.eval_shape(lambda: build_model(rt.config, nnx.Rngs(0)))  # init_memory reads only the config
+  return jax.device_put(abstract.init_memory(batch, DTYPES[rt.config.dtype]), rt.batch_sharding)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def save_checkpoint(manager, rt: Runtime, step: int, params, opt_state, memory, nonfinite_total: int) -> None:
+  """Parameters, optimizer state, memory, and as JSON: step, data position, RNG, vocabulary."""
+  leaves = jax.tree.leaves(memory)
+  meta = {
+    "step": step,
+    "data_segment": step,  # the next training segment; the stream is a function of it
+    "rng_key_data": np.asarray(jax.random.key_data(jax.random.key(rt.config.seed + 1))).tolist(),
+    "dataset": rt.data.name,
+    "vocab_size": len(rt.data.vocab),
+    "vocab_digest": vocab_digest(rt.data.vocab),
+    "nonfinite_total": nonfinite_total,
+    "memory": [[list(leaf.shape), str(leaf.dtype)] for leaf in leaves],
+  }
+  state = {"params": params, "opt_state": opt_state, "memory": list(leaves)}
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+  manager.wait_until_finished()
+
+
+def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: int | None = None):
+  """(step, params, opt_state, memory, nonfinite_total) of the latest (or given) checkpoint."""
+  step = manager.latest_step() if step is None else step
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  if meta["vocab_size"] != len(rt.data.vocab) or meta["vocab_digest"] != vocab_digest(rt.data.vocab):
+    raise ValueError(
+      f"The checkpoint at step {step} was trained on a vocabulary of {meta['vocab_size']} types ({meta['dataset']},"
+      f" digest {meta['vocab_digest']}); the data now gives {len(rt.data.vocab)} ({rt.data.name},"
+      f" digest {vocab_digest(rt.data.vocab)}). Use the same dataset, or a fresh workdir."
+    )
+  as_target = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+  memory_target = [
+    jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=rt.batch_sharding) for shape, dtype in meta["memory"]
+  ]
+  target = {"params": as_target(params), "opt_state": as_target(opt_state), "memory": memory_target}
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+  memory = jax.tree.unflatten(jax.tree.structure(memory), state["memory"])
+  return meta["step"], state["params"], state["opt_state"], memory, meta["nonfinite_total"]
+
+
+# ----------------------------------------------------------------------------- loops
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> float | None:
+  """Trains (resuming from `workdir`), validates every eval_every_steps, returns the test perplexity.
+
+  Returns None when SIGTERM stopped the run (after saving a checkpoint).
+  """
+  rt, params = setup(config)
+  c = rt.config
+  opt_state = jax.jit(rt.optimizer.init)(params)
+  memory = init_memory(rt, c.batch_size)
+  manager = checkpoint_manager(workdir, c.keep_checkpoints)
+  step, nonfinite_total = 0, 0
+  if manager.latest_step() is not None:
+    step, params, opt_state, memory, nonfinite_total = restore_checkpoint(manager, rt, params, opt_state, memory)
+    print(f"Resumed from {manager.directory} at step {step}.", flush=True)
+  stream = OrderedLMStream(rt.data.splits["train"], c.batch_size, c.tgt_len, rows=local_rows(c.batch_size))
+  writer = MetricsWriter(workdir, c.num_train_steps, c.batch_size * c.tgt_len, start_step=step)
+  compiled = {}
+  consecutive = 0
+  with _SigtermFlag() as sigterm:
+    while step < c.num_train_steps:
+      mode = model_mode(c, step)
+      if mode not in compiled:
+        compiled[mode] = jax.jit(lambda *args, mode=mode: train_step(rt, mode, *args), donate_argnums=(0, 1))
+      inputs, targets = stream.segment(step)
+      x, y = (to_global(a, rt.batch_sharding, c.batch_size) for a in (inputs, targets))
+      params, opt_state, memory, metrics = compiled[mode](params, opt_state, memory, x, y, step)
+      step += 1
+      metrics = jax.device_get(metrics)
+      consecutive = 0 if metrics["finite"] else consecutive + 1
+      nonfinite_total += int(not metrics["finite"])
+      if consecutive >= c.max_nonfinite_steps:
+        raise NonFiniteError(
+          f"{consecutive} consecutive steps (up to step {step}) had a non-finite loss or gradient and were skipped;"
+          f" stopping. The last checkpoint ({manager.latest_step()}) holds the last good parameters."
+        )
+      writer.add(StepMetrics(step, mode, metrics, epoch=stream.epoch(step - 1), nonfinite_total=nonfinite_total))
+      if step % c.log_every_steps == 0 or step == c.num_train_steps:
+        writer.flush(step)
+      if c.eval_every_steps and step % c.eval_every_steps == 0 and step < c.num_train_steps:
+        writer.scalars(step, {"valid_ppl": evaluate_split(rt, params, "validation", c.eval_max_segments, mode)})
+      if step % c.checkpoint_every_steps == 0 or step == c.num_train_steps:
+        save_checkpoint(manager, rt, step, params, opt_state, memory, nonfinite_total)
+      if sigterm.raised:
+        if manager.latest_step() != step:
+          save_checkpoint(manager, rt, step, params, opt_state, memory, nonfinite_total)
+        print(f"SIGTERM: saved the checkpoint at step {step} and stopped.", flush=True)
+        writer.close()
+        return None
+  mode = model_mode(c, max(step - 1, 0))
+  test_ppl = evaluate_split(rt, params, "test", 0, mode)
+  writer.scalars(step, {"test_ppl": test_ppl})
+  writer.close()
+  return test_ppl
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> float:
+  """Test perplexity of the workdir's latest checkpoint (memory-cached; eval_tgt_len, eval_mem_len apply)."""
+  rt, params = setup(config)
+  opt_state = jax.eval_shape(rt.optimizer.init, params)
+  opt_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rt.replicated), opt_state)
+  manager = checkpoint_manager(workdir, rt.config.keep_checkpoints)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"No checkpoint under {manager.directory}; train first (--mode=train).")
+  memory = init_memory(rt, rt.config.batch_size)
+  step, params, _, _, _ = restore_checkpoint(manager, rt, params, opt_state, memory)
+  return evaluate_split(rt, params, "test", 0, model_mode(rt.config, max(step - 1, 0)))

@@ -1,0 +1,189 @@
+"""End-to-end training on the bundled WikiText-2 sample: learning, exact resume, devices, bad inputs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import train
+from experiments.configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO, "experiments", "configs", "default.py")
+TINY = dict(batch_size=8, tgt_len=16, eval_batch_size=4, eval_tgt_len=32, eval_max_segments=4)
+TINY_MODEL = dict(d_model=32, n_head=2, d_inner=64, mem_len=16, f_max_iter=8, b_max_iter=8)
+
+
+def tiny_config(tfds_dir, **overrides):
+  config = default.get_config()
+  config.update({**TINY, **overrides})
+  config.model.update(TINY_MODEL)
+  config.data.data_dir = str(tfds_dir)
+  return config
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+def test_training_lowers_the_loss(tfds_dir, tmp_path, capsys):
+  config = tiny_config(tfds_dir, num_train_steps=50, pretrain_steps=20, log_every_steps=10, eval_every_steps=0)
+  test_ppl = train.train_and_evaluate(config, str(tmp_path))
+  lines = [line for line in open(tmp_path / "metrics.jsonl") if '"loss"' in line]
+  losses = [float(line.split('"loss": ')[1].split(",")[0]) for line in lines]
+  assert len(losses) == 5
+  assert losses[-1] < losses[0] - 1.0  # ln(13,777) = 9.53 at the start
+  assert test_ppl < np.exp(losses[0])
+  assert '"f_steps"' in lines[-1] and '"b_steps"' in lines[-1]  # DEQ steps report both solves
+  assert os.path.isdir(tmp_path / "tensorboard") and os.listdir(tmp_path / "tensorboard")
+  assert "step 50/50 [deq]" in capsys.readouterr().out
+
+
+def _run_main(workdir, tfds_dir, *extra):
+  overrides = [f"--config.{k}={v}" for k, v in TINY.items()] + [f"--config.model.{k}={v}" for k, v in TINY_MODEL.items()]
+  command = [sys.executable, "-m", "experiments.main", f"--config={DEFAULT_CONFIG}", f"--workdir={workdir}"]
+  command += overrides + [
+    f"--config.data.data_dir={tfds_dir}",
+    "--config.num_train_steps=12",
+    "--config.pretrain_steps=4",
+    "--config.checkpoint_every_steps=3",
+    "--config.eval_every_steps=0",
+    *extra,
+  ]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _final_params(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  state = manager.restore(12, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  return jax.tree.leaves(state["params"]), jax.tree.leaves(state["opt_state"])
+
+
+def test_sigkill_and_resume_is_bitwise_identical(tfds_dir, tmp_path):
+  train.load_data(tiny_config(tfds_dir))  # prepare the dataset once, outside the timed runs
+  straight = _run_main(tmp_path / "straight", tfds_dir)
+  out, _ = straight.communicate(timeout=300)
+  assert straight.returncode == 0, out
+  assert out.strip().splitlines()[-1].startswith("test_ppl=")
+
+  killed = _run_main(tmp_path / "killed", tfds_dir)
+  checkpoints = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 240
+  while not (checkpoints.is_dir() and any(p.name == "6" for p in checkpoints.iterdir())):
+    assert killed.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+    time.sleep(0.05)
+  killed.send_signal(signal.SIGKILL)  # mid-run: after the checkpoint at step 6, before step 12
+  killed.communicate()
+  resumed = _run_main(tmp_path / "killed", tfds_dir)
+  out_resumed, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out_resumed
+  assert "Resumed from" in out_resumed
+  assert out_resumed.strip().splitlines()[-1] == out.strip().splitlines()[-1]  # the same test_ppl, exactly
+  for a, b in zip(*(_final_params(tmp_path / run) for run in ("straight", "killed")), strict=True):
+    for x, y in zip(a, b, strict=True):
+      np.testing.assert_array_equal(x, y)
+
+
+def test_sigterm_saves_and_exits_cleanly(tfds_dir, tmp_path):
+  run = _run_main(tmp_path, tfds_dir, "--config.num_train_steps=100000")
+  deadline = time.time() + 240
+  while not (tmp_path / "checkpoints").is_dir() or not any((tmp_path / "checkpoints").iterdir()):
+    assert run.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  run.send_signal(signal.SIGTERM)
+  out, _ = run.communicate(timeout=120)
+  assert run.returncode == 0, out
+  saved = int(out.split("saved the checkpoint at step ")[1].split()[0])
+  assert ocp.CheckpointManager(str(tmp_path / "checkpoints")).latest_step() == saved
+
+
+def test_four_devices_match_one(tfds_dir):
+  assert jax.device_count() == 4
+  config = tiny_config(tfds_dir, pretrain_steps=0)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    rt, params = train.setup(config)
+    rt.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
+    params = jax.device_put(params, rt.replicated)
+    opt_state = rt.optimizer.init(params)
+    memory = train.init_memory(rt, config.batch_size)
+    stream = train.OrderedLMStream(rt.data.splits["train"], config.batch_size, config.tgt_len)
+    step = jax.jit(lambda *a: train.train_step(rt, "deq", *a))
+    losses = []
+    for k in range(3):
+      x, y = (jax.device_put(a, rt.batch_sharding) for a in stream.segment(k))
+      params, opt_state, memory, metrics = step(params, opt_state, memory, x, y, k)
+      losses.append(float(metrics["loss"]))
+    assert len(params["cell"]["qkv"]["v"][...].sharding.device_set) == len(devices)
+    results.append((losses, jax.tree.leaves(params)))
+  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+  for a, b in zip(results[0][1], results[1][1], strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_non_finite_steps_are_skipped_then_stop(tfds_dir, tmp_path, monkeypatch):
+  config = tiny_config(tfds_dir, num_train_steps=20, pretrain_steps=20, max_nonfinite_steps=3, checkpoint_every_steps=2)
+  forward, step_fn = train._forward, train.train_step
+
+  def poisoned_step(rt, mode, params, opt_state, memory, tokens, targets, step):
+    """From the 5th step (index 4) on, the loss is NaN."""
+
+    def poisoned_forward(*args, **kwargs):
+      out = forward(*args, **kwargs)
+      return out._replace(nll=jax.numpy.where(step >= 4, np.nan, out.nll))
+
+    with monkeypatch.context() as patch:
+      patch.setattr(train, "_forward", poisoned_forward)
+      return step_fn(rt, mode, params, opt_state, memory, tokens, targets, step)
+
+  monkeypatch.setattr(train, "train_step", poisoned_step)
+  with pytest.raises(train.NonFiniteError, match="3 consecutive steps"):
+    train.train_and_evaluate(config, str(tmp_path))
+  manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
+  assert manager.latest_step() == 6  # steps 5 and 6 were skipped; 7 stopped the run before its checkpoint
+  restore = lambda step: manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  after_skips, last_good = restore(6), restore(4)
+  for a, b in zip(jax.tree.leaves(after_skips), jax.tree.leaves(last_good), strict=True):
+    np.testing.assert_array_equal(a, b)  # skipped steps changed nothing (parameters, optimizer, memory)
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(after_skips["params"]))
+
+
+def test_bad_inputs(tfds_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match="wiki.valid.tokens"):
+    train.setup(tiny_config(tfds_dir / "fresh", data=dict(name="wikitext2", manual_dir=str(tmp_path), data_dir="")))
+  with pytest.raises(ValueError, match=r"batch_size=6 is not divisible by the 4 devices"):
+    train.setup(tiny_config(tfds_dir, batch_size=6))
+  with pytest.raises(ValueError, match=r"n_token=500 but the 'wikitext2_sample' vocabulary has 13777"):
+    config = tiny_config(tfds_dir)
+    config.model.n_token = 500
+    train.setup(config)
+  with pytest.raises(ValueError, match=r"Unknown field\(s\) \['d_modle'\]"):
+    config = tiny_config(tfds_dir)
+    config.model.d_modle = 3
+    train.setup(config)
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, flag_values=values, lock_config=True)
+  with pytest.raises(flags.UnrecognizedFlagError, match="config.learning_rat"):
+    values(["main", f"--config={DEFAULT_CONFIG}", "--config.learning_rat=0.1"])
+
+
+def test_resume_with_another_vocabulary_fails(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir, num_train_steps=2, pretrain_steps=2, checkpoint_every_steps=2, eval_max_segments=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  other = tmp_path / "other_text"
+  other.mkdir()
+  for name in ("wiki.valid.tokens", "wiki.test.tokens"):
+    (other / name).write_text("a b c d e f g h i j k l m n o p q r s t u v w x y z\n" * 40, encoding="utf-8")
+  config.data.manual_dir, config.data.data_dir = str(other), str(tmp_path / "tfds_other")
+  with pytest.raises(ValueError, match=r"vocabulary of 13777 types .* now gives 27"):
+    train.train_and_evaluate(config, str(tmp_path))
