@@ -1,0 +1,95 @@
+r"""Training throughput of the CPU default: the DEQ against its baselines, the solvers' share, the input pipeline.
+
+    python -m experiments.bench_training [--steps=20]
+
+On the default config's data and batch (bundled WikiText-2 sample), times jitted
+training steps side by side (alternating, median) for
+  * the DEQ-Transformer (DEQ mode, the config's solver caps and tolerances),
+  * the same cell unrolled and weight-tied for L = pretrain_depth layers and for L = 12,
+  * an untied Transformer-XL with the same cell width and 2 layers,
+and prints tokens/s. The solvers' share of the DEQ step is estimated as
+1 - t(caps of 1 forward / 1 backward step) / t(DEQ step), and the input pipeline
+(ordered segment + device transfer) is timed alone against the step's consumption.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+from absl import app, flags
+
+from experiments import train
+from experiments.configs import default
+from experiments.solver_cases import median_times
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("steps", 20, "Timed steps per model (median of alternating runs).")
+
+
+def _runner(config, mode: str):
+  """A zero-argument function running one training step of `config` in `mode`, and tokens per step."""
+  rt, params = train.setup(config)
+  opt_state = rt.optimizer.init(params)
+  memory = train.init_memory(rt, config.batch_size)
+  stream = train.OrderedLMStream(rt.data.splits["train"], config.batch_size, config.tgt_len)
+  step = jax.jit(lambda *a: train.train_step(rt, mode, *a))
+  x, y = (jax.device_put(a, rt.batch_sharding) for a in stream.segment(0))
+  _, _, memory, _ = step(params, opt_state, memory, x, y, 0)  # full-length memory from here on
+  jax.block_until_ready(step(params, opt_state, memory, x, y, 1))  # compile
+  run = lambda: jax.block_until_ready(step(params, opt_state, memory, x, y, 1))
+  return run, config.batch_size * config.tgt_len, rt, stream
+
+
+def _variant(mode: str, **model):
+  config = default.get_config()
+  config.mode = mode
+  if mode == "layers":
+    config.model_name = "transformer_xl"
+    for field in ("f_max_iter", "b_max_iter", "f_tol", "b_tol", "pretrain_depth"):
+      del config.model[field]
+  config.model.update(model)
+  return config
+
+
+def main(argv):
+  del argv
+  base = default.get_config()
+  depth = base.model.pretrain_depth
+  variants = {
+    "DEQ-Transformer (deq)": (_variant("deq"), "deq"),
+    "DEQ, caps 1 / 1 (no solver work)": (_variant("deq", f_max_iter=1, b_max_iter=1), "deq"),
+    f"weight-tied, {depth} layers": (_variant("unrolled"), "pretrain"),
+    "weight-tied, 12 layers": (_variant("unrolled", pretrain_depth=12), "pretrain"),
+    "Transformer-XL untied, 2 layers": (_variant("layers", n_layer=2), "layers"),
+  }
+  runs, tokens = {}, {}
+  for name, (config, mode) in variants.items():
+    runs[name], tokens[name], rt, stream = _runner(config, mode)
+  times = median_times(runs, FLAGS.steps)
+  deq = times["DEQ-Transformer (deq)"]
+  print(f"Training steps of the CPU default (batch {base.batch_size} x {base.tgt_len} tokens, {jax.devices()[0]}):")
+  for name, t in times.items():
+    print(f"  {name:36s} {1e3 * t:8.1f} ms/step  {tokens[name] / t:8.0f} tokens/s  DEQ / this = {deq / t:.2f}x")
+  share = 1 - times["DEQ, caps 1 / 1 (no solver work)"] / deq
+  print(f"  solver share of the DEQ step: {100 * share:.0f}%  (1 - t(caps 1/1) / t(deq))")
+
+  def pipeline_step(k):
+    x, y = stream.segment(k)
+    return jax.block_until_ready([jax.device_put(a, rt.batch_sharding) for a in (x, y)])
+
+  count = 2000
+  start = time.perf_counter()
+  for k in range(count):
+    pipeline_step(k)
+  per_batch = (time.perf_counter() - start) / count
+  ratio = deq / per_batch
+  print(
+    f"  input pipeline alone: {1e6 * per_batch:.0f} us/batch = {tokens['DEQ-Transformer (deq)'] / per_batch:.0f}"
+    f" tokens/s, {ratio:.0f}x the DEQ step's consumption (target >= 20x)"
+  )
+
+
+
+if __name__ == "__main__":
+  app.run(main)
