@@ -90,6 +90,5 @@ def main(argv):
   )
 
 
-
 if __name__ == "__main__":
   app.run(main)
