@@ -14,8 +14,10 @@ from flax import nnx
 from deqjax.models import TransformerXLConfig, TransformerXLLM
 from experiments.model_builder import abstract_model, architecture, count_parameters
 
-CONFIGS = sorted(
-  p.stem for p in pathlib.Path("experiments/configs").glob("*.py") if p.stem not in ("__init__", "wt103")
+CONFIGS = sorted(  # the WikiText-103 rows
+  p.stem
+  for p in pathlib.Path("experiments/configs").glob("*.py")
+  if p.stem not in ("__init__", "wt103", "training", "default")
 )
 # The reference's shipped models, and the 70-layer TrellisNet, which is the DEQ-TrellisNet's cell unrolled.
 SHIPPED = {"deq_transformer_medium_adaptive": 97_691_888, "deq_trellisnet": 174_168_738, "trellisnet_70l": 174_168_738}

@@ -47,6 +47,12 @@ def test_training_lowers_the_loss(tfds_dir, tmp_path, capsys):
   assert '"f_steps"' in lines[-1] and '"b_steps"' in lines[-1]  # DEQ steps report both solves
   assert os.path.isdir(tmp_path / "tensorboard") and os.listdir(tmp_path / "tensorboard")
   assert "step 50/50 [deq]" in capsys.readouterr().out
+  # --mode=eval on the latest checkpoint reproduces the run's test perplexity exactly; a longer
+  # evaluation memory changes it (the model sees more context).
+  assert train.evaluate(config, str(tmp_path)) == test_ppl
+  config.eval_mem_len = 48
+  longer = train.evaluate(config, str(tmp_path))
+  assert longer != test_ppl and abs(np.log(longer / test_ppl)) < 0.2
 
 
 def _run_main(workdir, tfds_dir, *extra):
@@ -195,7 +201,7 @@ def test_resume_with_another_vocabulary_fails(tfds_dir, tmp_path):
 def test_jacobian_penalty_enters_the_update(tfds_dir):
   updates = {}
   for gamma in (0.0, 5.0):
-    config = tiny_config(tfds_dir, pretrain_steps=0, jac_reg=gamma)
+    config = tiny_config(tfds_dir, pretrain_steps=0, warmup_steps=0, jac_reg=gamma)
     rt, params = train.setup(config)
     before = jax.tree.leaves(params)
     memory = train.init_memory(rt, config.batch_size)
