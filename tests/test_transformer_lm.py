@@ -9,6 +9,7 @@ from lm_checks import F64, TIGHT, assert_causal, count, unit_scale_embeddings
 
 from deqjax.models import DEQTransformerConfig, DEQTransformerLM
 from deqjax.nn import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, rel_shift, relative_attention
+from deqjax.nn.transformer_cell import slide_memory
 
 SHIPPED = DEQTransformerConfig(
     n_token=267735, d_model=700, n_head=10, d_head=70, d_inner=48000, cutoffs=(20000, 40000, 200000), div_val=4,
@@ -111,7 +112,15 @@ def test_memory_carries_equilibria_between_segments():
   second = model(tokens, tokens, first.memory, dtype=F64, **TIGHT)
   assert bool(jnp.all(second.info.converged))
   assert float(jnp.max(jnp.abs(second.nll - first.nll))) > 1e-5  # the context changed the prediction
-  np.testing.assert_allclose(second.memory.u[:, :0], first.memory.u[:, :0])
+  # Same tokens, so the injections of the last 4 positions agree; the equilibria saw other context.
+  np.testing.assert_allclose(second.memory.u, first.memory.u)
+  assert float(jnp.max(jnp.abs(second.memory.z - first.memory.z))) > 1e-5
+
+
+def test_slide_memory_keeps_the_last_positions():
+  old, new = jnp.arange(3.0)[None, :, None], jnp.arange(3.0, 7.0)[None, :, None]
+  for keep, expected in [(0, []), (2, [5, 6]), (4, [3, 4, 5, 6]), (6, [1, 2, 3, 4, 5, 6]), (9, [0, 1, 2, 3, 4, 5, 6])]:
+    np.testing.assert_array_equal(slide_memory(old, new, keep)[0, :, 0], expected)
 
 
 def test_deq_equals_the_weight_tied_unrolled_limit():

@@ -20,14 +20,14 @@ from flax import nnx
 from deqjax._info import SolveInfo
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
 from deqjax.nn.attention import sinusoid_positions
-from deqjax.nn.deq_layer import jacobian_penalty, lm_solver_options, solve_cell
+from deqjax.nn.deq_layer import DEQSettings, cell_output
 from deqjax.nn.dropout import apply_mask, variational_mask
-from deqjax.nn.transformer_cell import DEQTransformerCell
+from deqjax.nn.transformer_cell import DEQTransformerCell, slide_memory
 
 
 @dataclasses.dataclass(frozen=True)
-class DEQTransformerConfig:
-  """Architecture and solver settings.
+class DEQTransformerConfig(DEQSettings):
+  """Architecture; the solver settings (caps, tolerances, history, pretrain_depth, feed_fz) are `DEQSettings`.
 
   Attributes:
     n_token: vocabulary size.
@@ -39,12 +39,6 @@ class DEQTransformerConfig:
     div_val: width divisor between clusters.
     dropout: variational dropout on the embedding, the FFN hidden units and the output.
     mem_len: equilibrium states kept as memory for the next segment.
-    f_max_iter, b_max_iter: forward / backward solver caps.
-    f_tol, b_tol: relative tolerances of the forward / backward solves.
-    broyden_history: Broyden updates kept per solve (None: all, as the reference; fewer saves
-      2 x history x state memory per solve).
-    pretrain_depth: unrolled layers in the pretraining mode.
-    feed_fz: feed f(z*) rather than z* to the softmax, as the 2019 reference does.
   """
 
   n_token: int
@@ -57,13 +51,6 @@ class DEQTransformerConfig:
   div_val: int = 1
   dropout: float = 0.0
   mem_len: int = 0
-  f_max_iter: int = 30
-  b_max_iter: int = 40
-  f_tol: float = 1e-3
-  b_tol: float = 1e-3
-  broyden_history: int | None = None
-  pretrain_depth: int = 2
-  feed_fz: bool = True
 
   def __post_init__(self):
     if self.d_head is None:
@@ -93,14 +80,6 @@ class LMOutput(NamedTuple):
   memory: Memory
   info: SolveInfo | None  # forward solve, per sample; None when pretraining
   jac_loss: jax.Array | None = None  # [b] ||df/dz||_F^2 / n at z*, when asked for
-
-
-def _last(old: jax.Array, new: jax.Array, keep: int) -> jax.Array:
-  """The last `keep` positions of [old; new] along axis 1."""
-  if keep <= new.shape[1]:
-    return new[:, new.shape[1] - keep :]
-  both = jnp.concatenate([old.astype(new.dtype), new], axis=1)
-  return both[:, both.shape[1] - keep :]
 
 
 class DEQTransformerLM(nnx.Module):
@@ -141,14 +120,13 @@ class DEQTransformerLM(nnx.Module):
     ff_mask = variational_mask(ff_key, b, c.d_inner, c.dropout, dtype)
     weights, inputs = self.cell.prepare(memory.u.astype(dtype), u, memory.z.astype(dtype), pos_emb, ff_mask)
     weights = jax.tree.map(lambda w: w.astype(dtype), weights)
-    options = lm_solver_options(c.f_max_iter, c.b_max_iter, c.f_tol, c.b_tol, c.broyden_history, **solver_overrides)
     z0 = jnp.zeros((b, q, c.d_model), dtype)
-    z_star, info = solve_cell(
-      DEQTransformerCell.step, weights, inputs, z0, mode=mode, pretrain_depth=c.pretrain_depth, **options
+    z_star, out, info, jac = cell_output(
+      DEQTransformerCell.step, weights, inputs, z0, c, mode=mode, jac_key=jac_key, **solver_overrides
     )
-    out = DEQTransformerCell.step(weights, z_star, inputs) if c.feed_fz else z_star
-    jac = None if jac_key is None else jacobian_penalty(DEQTransformerCell.step, weights, z_star, inputs, jac_key)
-    new_memory = jax.lax.stop_gradient(Memory(_last(memory.z, z_star, c.mem_len), _last(memory.u, u, c.mem_len)))
+    new_memory = jax.lax.stop_gradient(
+      Memory(slide_memory(memory.z, z_star, c.mem_len), slide_memory(memory.u, u, c.mem_len))
+    )
     return out, new_memory, info, jac
 
   def __call__(

@@ -16,14 +16,14 @@ from flax import nnx
 
 from deqjax._info import SolveInfo
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
-from deqjax.nn.deq_layer import jacobian_penalty, lm_solver_options, solve_cell
+from deqjax.nn.deq_layer import DEQSettings, cell_output
 from deqjax.nn.dropout import apply_mask, variational_mask
 from deqjax.nn.trellisnet_cell import DEQTrellisNetCell
 
 
 @dataclasses.dataclass(frozen=True)
-class DEQTrellisNetConfig:
-  """Architecture and solver settings.
+class DEQTrellisNetConfig(DEQSettings):
+  """Architecture; the solver settings are `DEQSettings`, with the reference's caps 45 / 45 and 40 pretraining layers.
 
   Attributes:
     n_token: vocabulary size.
@@ -31,11 +31,6 @@ class DEQTrellisNetConfig:
     nhid, nout: hidden and output channels; the state has H = nhid + nout channels.
     cutoffs: split-softmax boundaries (empty: a plain tied softmax).
     dropout_input, dropout_hidden, dropout_output: variational dropout rates.
-    f_max_iter, b_max_iter, f_tol, b_tol: solver caps and relative tolerances.
-    broyden_history: Broyden updates kept per solve (None: all, as the reference; fewer saves
-      2 x history x state memory per solve).
-    pretrain_depth: unrolled layers in the pretraining mode.
-    feed_fz: feed f(z*) rather than z* to the softmax.
   """
 
   n_token: int
@@ -46,13 +41,9 @@ class DEQTrellisNetConfig:
   dropout_input: float = 0.0
   dropout_hidden: float = 0.0
   dropout_output: float = 0.0
-  f_max_iter: int = 45
-  b_max_iter: int = 45
-  f_tol: float = 1e-3
-  b_tol: float = 1e-3
-  broyden_history: int | None = None
-  pretrain_depth: int = 40
-  feed_fz: bool = True
+  f_max_iter: int = dataclasses.field(default=45, kw_only=True)
+  b_max_iter: int = dataclasses.field(default=45, kw_only=True)
+  pretrain_depth: int = dataclasses.field(default=40, kw_only=True)
 
   def __post_init__(self):
     if self.nout != self.d_embed:
@@ -125,13 +116,10 @@ class DEQTrellisNetLM(nnx.Module):
     h_mask = variational_mask(hidden_key, b, c.d_state, c.dropout_hidden, dtype)
     weights, inputs = self.cell.prepare(x, memory.x, memory.h, memory.c, h_mask)
     weights = jax.tree.map(lambda w: w.astype(dtype), weights)
-    options = lm_solver_options(c.f_max_iter, c.b_max_iter, c.f_tol, c.b_tol, c.broyden_history, **solver_overrides)
     z0 = {"h": jnp.zeros((b, q, c.d_state), dtype), "c": jnp.zeros((b, q, c.d_state), dtype)}
-    z_star, info = solve_cell(
-      DEQTrellisNetCell.step, weights, inputs, z0, mode=mode, pretrain_depth=c.pretrain_depth, **options
+    z_star, z_out, info, jac = cell_output(
+      DEQTrellisNetCell.step, weights, inputs, z0, c, mode=mode, jac_key=jac_key, **solver_overrides
     )
-    z_out = DEQTrellisNetCell.step(weights, z_star, inputs) if c.feed_fz else z_star
-    jac = None if jac_key is None else jacobian_penalty(DEQTrellisNetCell.step, weights, z_star, inputs, jac_key)
     new_memory = jax.lax.stop_gradient(TrellisMemory(x[:, -1:], z_star["h"][:, -1:], z_star["c"][:, -1:]))
     return z_out["h"][..., -c.nout :], new_memory, info, jac
 

@@ -19,7 +19,7 @@ from deqjax.models.deq_transformer import DEQTransformerConfig
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from deqjax.nn.attention import sinusoid_positions
 from deqjax.nn.dropout import apply_mask, variational_mask
-from deqjax.nn.transformer_cell import DEQTransformerCell
+from deqjax.nn.transformer_cell import DEQTransformerCell, slide_memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +61,8 @@ class TransformerXLLM(nnx.Module):
     keys = [None] * c.n_layer if keys is None else keys
     new_memory = []
     for layer, mem, key in zip(self.layers, memory, keys, strict=True):
-      keep = jnp.concatenate([mem.astype(dtype), h], axis=1)
-      new_memory.append(jax.lax.stop_gradient(keep[:, keep.shape[1] - c.mem_len :]))
-      pos_emb = sinusoid_positions(keep.shape[1], c.d_model, dtype)
+      new_memory.append(jax.lax.stop_gradient(slide_memory(mem, h, c.mem_len)))
+      pos_emb = sinusoid_positions(mem.shape[1] + h.shape[1], c.d_model, dtype)
       ff_mask = variational_mask(key, b, c.d_inner, c.dropout, dtype)
       weights, inputs = layer.prepare(None, None, mem.astype(dtype), pos_emb, ff_mask)
       h = DEQTransformerCell.step(jax.tree.map(lambda w: w.astype(dtype), weights), h, inputs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -48,25 +49,56 @@ def solve_cell(
   raise ValueError(f"Unknown mode={mode!r}; expected one of {list(MODES)}.")
 
 
-def lm_solver_options(
-  f_max_iter: int, b_max_iter: int, f_tol: float, b_tol: float, history: int | None = None, **overrides
-) -> dict:
-  """The language models' solver settings: per-sample Broyden, relative tolerances, overridable per call.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DEQSettings:
+  """The solver settings of the DEQ language models (a base of their config dataclasses).
 
-  `history` is the number of Broyden updates kept (None: all of them, as the reference).
+  Attributes:
+    f_max_iter, b_max_iter: forward / backward solver caps.
+    f_tol, b_tol: relative tolerances of the forward / backward solves.
+    broyden_history: Broyden updates kept per solve (None: all, as the reference; fewer saves
+      2 x history x state memory per solve).
+    pretrain_depth: unrolled layers in the pretraining mode.
+    feed_fz: feed f(z*) rather than z* to the softmax, as the 2019 reference does.
   """
-  options = dict(
-    solver=Broyden(history=history),
-    max_iter=f_max_iter,
-    tol=0.0,
-    rtol=f_tol,
-    batch_axis=0,
-    backward_max_iter=b_max_iter,
-    backward_tol=0.0,
-    backward_rtol=b_tol,
-  )
-  options.update(overrides)
-  return options
+
+  f_max_iter: int = 30
+  b_max_iter: int = 40
+  f_tol: float = 1e-3
+  b_tol: float = 1e-3
+  broyden_history: int | None = None
+  pretrain_depth: int = 2
+  feed_fz: bool = True
+
+  def solver_options(self, **overrides) -> dict:
+    """`fixed_point` options: per-sample Broyden with relative tolerances, overridable per call."""
+    options = dict(
+      solver=Broyden(history=self.broyden_history),
+      max_iter=self.f_max_iter,
+      tol=0.0,
+      rtol=self.f_tol,
+      batch_axis=0,
+      backward_max_iter=self.b_max_iter,
+      backward_tol=0.0,
+      backward_rtol=self.b_tol,
+    )
+    options.update(overrides)
+    return options
+
+
+def cell_output(step, weights, inputs, z0, settings: DEQSettings, *, mode: str, jac_key=None, **solver_overrides):
+  """A language model's cell stage: the equilibrium (or the unrolled state), what the softmax reads, and more.
+
+  Returns:
+    (z, output, info, jac): z from `solve_cell`; output = f(z) with `settings.feed_fz`, else z;
+    the forward `SolveInfo` (None when pretraining); the per-sample `jacobian_penalty` when
+    `jac_key` is given, else None. Every state leaf has the batch on axis 0.
+  """
+  options = settings.solver_options(**solver_overrides)
+  z, info = solve_cell(step, weights, inputs, z0, mode=mode, pretrain_depth=settings.pretrain_depth, **options)
+  output = step(weights, z, inputs) if settings.feed_fz else z
+  jac = None if jac_key is None else jacobian_penalty(step, weights, z, inputs, jac_key)
+  return z, output, info, jac
 
 
 def unrolled(step, weights, inputs, z0, depth: int):

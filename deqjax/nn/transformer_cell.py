@@ -101,3 +101,11 @@ class DEQTransformerCell(nnx.Module):
     z1 = layer_norm(z + dense(weights["o"], attn.reshape(b, q, h * d)))
     hidden = apply_mask(jax.nn.relu(dense(weights["ff1"], z1)), inputs["ff_mask"])
     return layer_norm(z1 + dense(weights["ff2"], hidden))
+
+
+def slide_memory(old: jax.Array, new: jax.Array, keep: int) -> jax.Array:
+  """The last `keep` positions of [old; new] along axis 1 (all of them when there are fewer)."""
+  if keep <= new.shape[1]:
+    return new[:, new.shape[1] - keep :]
+  both = jnp.concatenate([old.astype(new.dtype), new], axis=1)
+  return both[:, max(both.shape[1] - keep, 0) :]
