@@ -10,6 +10,7 @@ killed at any moment and restarted ends with the same parameters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -100,7 +101,17 @@ class Runtime:
   rest: nnx.State
   optimizer: optax.GradientTransformation
   mesh: jax.sharding.Mesh
-  is_deq: bool
+  cache: dict = dataclasses.field(default_factory=dict, repr=False)  # jitted steps, the eval runtime
+
+  @property
+  def is_deq(self) -> bool:
+    return self.config.mode != "layers"
+
+  def jitted(self, name, fn, **jit_kwargs):
+    """`jax.jit(fn, **jit_kwargs)`, made once per run under `name` (jit caches per function object)."""
+    if name not in self.cache:
+      self.cache[name] = jax.jit(fn, **jit_kwargs)
+    return self.cache[name]
 
   @property
   def batch_sharding(self):
@@ -139,7 +150,7 @@ def setup(config: ml_collections.ConfigDict) -> tuple[Runtime, nnx.State]:
   config = resolve_vocab(config, data)
   model = build_model(config, nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  runtime = Runtime(config, data, graphdef, rest, make_optimizer(config), mesh, config.mode != "layers")
+  runtime = Runtime(config, data, graphdef, rest, make_optimizer(config), mesh)
   return runtime, jax.device_put(params, runtime.replicated)
 
 
@@ -165,9 +176,14 @@ def model_mode(config, step: int) -> str:
   return "deq"
 
 
+def dropout_base_key(config) -> jax.Array:
+  """The key every step's dropout and probe keys are folded from (parameters use `seed` itself)."""
+  return jax.random.key(config.seed + 1)
+
+
 def train_step(rt: Runtime, mode: str, params, opt_state, memory, tokens, targets, step):
   """One update; a non-finite loss or gradient leaves parameters, optimizer state and memory unchanged."""
-  key = jax.random.fold_in(jax.random.key(rt.config.seed + 1), step)
+  key = jax.random.fold_in(dropout_base_key(rt.config), step)
   dropout_key, jac_key = jax.random.split(key)
   use_jac = mode == "deq" and rt.config.jac_reg > 0
   batch = tokens.shape[0]
@@ -216,39 +232,44 @@ def eval_step(rt: Runtime, mode: str, params, memory, tokens, targets):
 # ----------------------------------------------------------------------------- evaluation
 
 
+def eval_runtime(rt: Runtime) -> Runtime:
+  """The runtime evaluation uses: the same weights, the model rebuilt with eval_mem_len when that differs."""
+  c = rt.config
+  if c.eval_mem_len < 0 or c.eval_mem_len == c.model.mem_len:
+    return rt
+  if "eval_runtime" not in rt.cache:
+    config = c.copy_and_resolve_references()
+    config.model.mem_len = c.eval_mem_len
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param, ...)
+    rt.cache["eval_runtime"] = dataclasses.replace(rt, config=config, graphdef=graphdef, cache={})
+  return rt.cache["eval_runtime"]
+
+
 def evaluate_split(rt: Runtime, params, split: str, max_segments: int, mode: str) -> float:
   """Memory-cached perplexity: eval_batch_size ordered streams, segments of eval_tgt_len, memory carried.
 
   `mode` is the model mode trained last ("deq", "pretrain" or "layers"); max_segments 0 reads all.
   """
   c = rt.config
-  eval_config = c
-  if c.eval_mem_len >= 0 and c.eval_mem_len != c.model.mem_len:
-    eval_config = c.copy_and_resolve_references()
-    eval_config.model.mem_len = c.eval_mem_len
-  graphdef = rt.graphdef
-  if eval_config is not c:
-    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(eval_config, nnx.Rngs(0))), nnx.Param, ...)
-  eval_rt = dataclasses.replace(rt, config=eval_config, graphdef=graphdef)
+  eval_rt = eval_runtime(rt)
   stream = OrderedLMStream(rt.data.splits[split], c.eval_batch_size, c.eval_tgt_len, rows=local_rows(c.eval_batch_size))
-  step = jax.jit(lambda p, m, x, y: eval_step(eval_rt, mode, p, m, x, y))
-  memory = init_memory(eval_rt, c.eval_batch_size)
+  step = rt.jitted(("eval", mode), functools.partial(eval_step, eval_rt, mode))
+  memory = init_memory(eval_rt, params, c.eval_batch_size)
   total, count = 0.0, 0
   for k, (inputs, targets) in enumerate(stream.eval_segments()):
     if max_segments and k >= max_segments:
       break
-    sharding = rt.batch_sharding
-    x, y = (to_global(a, sharding, c.eval_batch_size) for a in (inputs, targets))
+    x, y = (to_global(a, rt.batch_sharding, c.eval_batch_size) for a in (inputs, targets))
     nll, memory = step(params, memory, x, y)
     total += float(nll)
     count += inputs.shape[1] * c.eval_batch_size
   return math.exp(total / count)
 
 
-def init_memory(rt: Runtime, batch: int):
+def init_memory(rt: Runtime, params, batch: int):
   """The model's empty memory for `batch` rows (length 0, or the TrellisNet's zero history), batch-sharded."""
-  abstract = nnx.eval_shape(lambda: build_model(rt.config, nnx.Rngs(0)))  # init_memory reads only the config
-  return jax.device_put(abstract.init_memory(batch, DTYPES[rt.config.dtype]), rt.batch_sharding)
+  memory = nnx.merge(rt.graphdef, params, rt.rest).init_memory(batch, DTYPES[rt.config.dtype])
+  return jax.device_put(memory, rt.batch_sharding)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -265,7 +286,7 @@ def save_checkpoint(manager, rt: Runtime, step: int, params, opt_state, memory, 
   meta = {
     "step": step,
     "data_segment": step,  # the next training segment; the stream is a function of it
-    "rng_key_data": np.asarray(jax.random.key_data(jax.random.key(rt.config.seed + 1))).tolist(),
+    "rng_key_data": np.asarray(jax.random.key_data(dropout_base_key(rt.config))).tolist(),
     "dataset": rt.data.name,
     "vocab_size": len(rt.data.vocab),
     "vocab_digest": vocab_digest(rt.data.vocab),
@@ -286,6 +307,12 @@ def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: in
       f"The checkpoint at step {step} was trained on a vocabulary of {meta['vocab_size']} types ({meta['dataset']},"
       f" digest {meta['vocab_digest']}); the data now gives {len(rt.data.vocab)} ({rt.data.name},"
       f" digest {vocab_digest(rt.data.vocab)}). Use the same dataset, or a fresh workdir."
+    )
+  key_data = np.asarray(jax.random.key_data(dropout_base_key(rt.config))).tolist()
+  if meta["rng_key_data"] != key_data:
+    raise ValueError(
+      f"The checkpoint at step {step} was trained with another seed (its dropout key data {meta['rng_key_data']},"
+      f" now {key_data} from seed={rt.config.seed}); resuming would not continue the same run. Use its seed."
     )
   as_target = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
   memory_target = [
@@ -331,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> float
   rt, params = setup(config)
   c = rt.config
   opt_state = jax.jit(rt.optimizer.init)(params)
-  memory = init_memory(rt, c.batch_size)
+  memory = init_memory(rt, params, c.batch_size)
   manager = checkpoint_manager(workdir, c.keep_checkpoints)
   step, nonfinite_total = 0, 0
   if manager.latest_step() is not None:
@@ -339,16 +366,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> float
     print(f"Resumed from {manager.directory} at step {step}.", flush=True)
   stream = OrderedLMStream(rt.data.splits["train"], c.batch_size, c.tgt_len, rows=local_rows(c.batch_size))
   writer = MetricsWriter(workdir, c.num_train_steps, c.batch_size * c.tgt_len, start_step=step)
-  compiled = {}
   consecutive = 0
   with _SigtermFlag() as sigterm:
     while step < c.num_train_steps:
       mode = model_mode(c, step)
-      if mode not in compiled:
-        compiled[mode] = jax.jit(lambda *args, mode=mode: train_step(rt, mode, *args), donate_argnums=(0, 1))
       inputs, targets = stream.segment(step)
       x, y = (to_global(a, rt.batch_sharding, c.batch_size) for a in (inputs, targets))
-      params, opt_state, memory, metrics = compiled[mode](params, opt_state, memory, x, y, step)
+      update = rt.jitted(("train", mode), functools.partial(train_step, rt, mode), donate_argnums=(0, 1))
+      params, opt_state, memory, metrics = update(params, opt_state, memory, x, y, step)
       step += 1
       metrics = jax.device_get(metrics)
       consecutive = 0 if metrics["finite"] else consecutive + 1
@@ -386,6 +411,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> float:
   manager = checkpoint_manager(workdir, rt.config.keep_checkpoints)
   if manager.latest_step() is None:
     raise FileNotFoundError(f"No checkpoint under {manager.directory}; train first (--mode=train).")
-  memory = init_memory(rt, rt.config.batch_size)
+  memory = init_memory(rt, params, rt.config.batch_size)
   step, params, _, _, _ = restore_checkpoint(manager, rt, params, opt_state, memory)
   return evaluate_split(rt, params, "test", 0, model_mode(rt.config, max(step - 1, 0)))

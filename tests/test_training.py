@@ -125,7 +125,7 @@ def test_four_devices_match_one(tfds_dir):
     rt.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
     params = jax.device_put(params, rt.replicated)
     opt_state = rt.optimizer.init(params)
-    memory = train.init_memory(rt, config.batch_size)
+    memory = train.init_memory(rt, params, config.batch_size)
     stream = train.OrderedLMStream(rt.data.splits["train"], config.batch_size, config.tgt_len)
     step = jax.jit(functools.partial(train.train_step, rt, "deq"))
     losses = []
@@ -186,9 +186,17 @@ def test_bad_inputs(tfds_dir, tmp_path):
     values(["main", f"--config={DEFAULT_CONFIG}", "--config.learning_rat=0.1"])
 
 
-def test_resume_with_another_vocabulary_fails(tfds_dir, tmp_path):
+def _with_seed(config, seed):
+  config = config.copy_and_resolve_references()
+  config.seed = seed
+  return config
+
+
+def test_resume_with_another_seed_or_vocabulary_fails(tfds_dir, tmp_path):
   config = tiny_config(tfds_dir, num_train_steps=2, pretrain_steps=2, checkpoint_every_steps=2, eval_max_segments=1)
   train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match=r"another seed .* from seed=7"):
+    train.train_and_evaluate(_with_seed(config, 7), str(tmp_path))
   other = tmp_path / "other_text"
   other.mkdir()
   for name in ("wiki.valid.tokens", "wiki.test.tokens"):
@@ -204,7 +212,7 @@ def test_jacobian_penalty_enters_the_update(tfds_dir):
     config = tiny_config(tfds_dir, pretrain_steps=0, warmup_steps=0, jac_reg=gamma)
     rt, params = train.setup(config)
     before = jax.tree.leaves(params)
-    memory = train.init_memory(rt, config.batch_size)
+    memory = train.init_memory(rt, params, config.batch_size)
     x, y = (
       jax.device_put(a, rt.batch_sharding) for a in train.OrderedLMStream(rt.data.splits["train"], 8, 16).segment(0)
     )
