@@ -168,7 +168,7 @@ def _forward(rt: Runtime, params, tokens, targets, memory, *, key, mode, probe=N
 
 
 def model_mode(config, step: int) -> str:
-  """ "deq" or "pretrain" (unrolled weight-tied cell) for DEQ models; "layers" otherwise."""
+  """The model mode of training step `step`: "deq", "pretrain" (unrolled weight-tied cell) or "layers"."""
   if config.mode == "layers":
     return "layers"
   if config.mode == "unrolled" or step < config.pretrain_steps:
