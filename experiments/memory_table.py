@@ -28,7 +28,6 @@ import jax.numpy as jnp
 from absl import app, flags
 from flax import nnx
 
-import deqjax
 from deqjax.models import Memory, TrellisMemory
 from experiments.configs import (
   deq_transformer_medium,
@@ -65,23 +64,24 @@ ROWS = [
 BODY = nnx.All(nnx.Param, nnx.Any(nnx.PathContains("cell"), nnx.PathContains("injection"), nnx.PathContains("layers")))
 ROWS_PAPER = {name: module.get_config().paper.memory_gb for name, module in ROWS}
 GB = 1e9
+LIMITED_HISTORY = 8  # Broyden updates kept in the limited-memory DEQ rows
 
 
-def _body_loss(config, graphdef, solver_overrides, body_params, rest, emb, memory, probe, key):
+def _body_loss(config, graphdef, body_params, rest, emb, memory, probe, key):
   """<body output, probe>: a loss whose gradient flows through the whole body."""
   model = nnx.merge(graphdef, body_params, rest)
   mode = "deq" if config.mode == "deq" else "pretrain"
   if config.model_name == "transformer_xl":
     out, _ = model.body(emb, memory, keys=list(jax.random.split(key, config.model.n_layer)))
   elif config.model_name == "deq_transformer":
-    out, *_ = model.body(emb, memory, ff_key=key, mode=mode, **solver_overrides)
+    out, *_ = model.body(emb, memory, ff_key=key, mode=mode)
   else:
-    out, *_ = model.body(emb, memory, hidden_key=key, mode=mode, **solver_overrides)
+    out, *_ = model.body(emb, memory, hidden_key=key, mode=mode)
   return jnp.sum(out.astype(jnp.float32) * probe)
 
 
-def body_step(config, batch, length, model=None, **solver_overrides):
-  """(jitted grad of the body loss, its abstract or concrete arguments); `fixed_point` options may be overridden."""
+def body_step(config, batch, length, model=None):
+  """(jitted grad of the body loss, its abstract or concrete arguments)."""
   model = abstract_model(config) if model is None else model
   graphdef, body_params, rest = nnx.split(model, BODY, ...)
   c = model.config
@@ -95,13 +95,13 @@ def body_step(config, batch, length, model=None, **solver_overrides):
     memory = TrellisMemory(spec(batch, 1, c.d_embed), spec(batch, 1, c.d_state), spec(batch, 1, c.d_state))
   out_width = c.nout if config.model_name == "deq_trellisnet" else c.d_model
   args = (body_params, rest, spec(batch, length, width), memory, spec(batch, length, out_width), jax.random.key(0))
-  grad = jax.jit(jax.grad(functools.partial(_body_loss, config, graphdef, solver_overrides)))
+  grad = jax.jit(jax.grad(functools.partial(_body_loss, config, graphdef)))
   return grad, args
 
 
-def step_memory(config, batch, length, **solver_overrides) -> dict:
+def step_memory(config, batch, length) -> dict:
   """Compiled memory of one body step: temporaries, and with the body's parameters and gradients."""
-  grad, args = body_step(config, batch, length, **solver_overrides)
+  grad, args = body_step(config, batch, length)
   analysis = grad.lower(*args).compile().memory_analysis()
   param_bytes = sum(leaf.size * 4 for leaf in jax.tree.leaves(args[0]))
   return {
@@ -123,31 +123,35 @@ def with_depth(config, mode, depth):
   return config
 
 
+def with_history(config, history):
+  """A copy of `config` whose Broyden keeps `history` updates (None: all), as `--config.model.broyden_history`."""
+  config = config.copy_and_resolve_references()
+  config.model.broyden_history = history
+  return config
+
+
 def deq_memory(config, batch, length, history):
   """A DEQ step's memory (temporaries, parameters, gradients) with Broyden(history); None: full history."""
-  return step_memory(config, batch, length, solver=deqjax.Broyden(history=history))["total"]
-
-
-LIMITED_HISTORY = 8  # Broyden updates kept in the limited-memory DEQ rows
+  return step_memory(with_history(config, history), batch, length)["total"]
 
 
 def memory_table(rows, batch, length):
   """Prints each row's step memory (DEQ rows also with a limited Broyden history) and the DEQ reductions."""
   print(f"Training-step memory of the body (batch {batch}, length {length}, memory {length}; float32):")
   print(f"{'row':38s} {'mode':9s} {'temp GB':>8s} {'+params+grads':>14s} {'paper GB':>9s}")
-  results = {}
+  results = {}  # (row, Broyden history) -> total bytes; history "config" is the row's own setting
 
-  def report(name, config, **solver_overrides):
-    m = step_memory(config, batch, length, **solver_overrides)
-    results[name] = m["total"]
-    print(f"{name:38s} {config.mode:9s} {m['temp'] / GB:8.2f} {m['total'] / GB:14.2f} {config.paper.memory_gb:9.1f}")
+  def report(label, key, config):
+    m = step_memory(config, batch, length)
+    results[key] = m["total"]
+    print(f"{label:38s} {config.mode:9s} {m['temp'] / GB:8.2f} {m['total'] / GB:14.2f} {config.paper.memory_gb:9.1f}")
 
-  limited = f"history {LIMITED_HISTORY}"
   for name, module in rows:
     config = module.get_config()
-    report(name, config)
+    report(name, (name, "config"), config)
     if config.mode == "deq":
-      report(f"  {name} ({limited})", config, solver=deqjax.Broyden(history=LIMITED_HISTORY))
+      label = f"  {name} (history {LIMITED_HISTORY})"
+      report(label, (name, LIMITED_HISTORY), with_history(config, LIMITED_HISTORY))
   pairs = [
     ("deq_transformer_small", "transformer_xl_small_tied_16l", 84.0),
     ("deq_transformer_small", "transformer_xl_small_4l", None),
@@ -157,8 +161,8 @@ def memory_table(rows, batch, length):
   ]
   print("DEQ reductions (full Broyden history, as the reference / history 8):")
   for deq, base, target in pairs:
-    if deq in results and base in results:
-      full, short = (100 * (1 - results[key] / results[base]) for key in (deq, f"  {deq} ({limited})"))
+    if (deq, "config") in results and (base, "config") in results:
+      full, short = (100 * (1 - results[(deq, h)] / results[(base, "config")]) for h in ("config", LIMITED_HISTORY))
       paper = 100 * (1 - ROWS_PAPER[deq] / ROWS_PAPER[base])
       line = f"  {deq} vs {base}: {full:.1f}% / {short:.1f}% less memory (paper {paper:.1f}%"
       print(line + (f"; target >= {target}%)" if target else ")"))
@@ -172,7 +176,7 @@ def depth_sweep(batch, length, out_dir):
     tied.append(step_memory(with_depth(base, "unrolled", depth), batch, length)["total"])
     deq_config = with_depth(base, "deq", depth)
     deq_full.append(deq_memory(deq_config, batch, length, None))
-    deq_fixed.append(deq_memory(deq_config, batch, length, 8))
+    deq_fixed.append(deq_memory(deq_config, batch, length, LIMITED_HISTORY))
   print("\nMemory against depth L (DEQ-Transformer small cell; DEQ: L forward and L backward solver steps):")
   print(f"{'L':>4s} {'weight-tied GB':>15s} {'DEQ full history GB':>20s} {'DEQ history 8 GB':>17s}")
   for row in zip(depths, tied, deq_full, deq_fixed, strict=True):
