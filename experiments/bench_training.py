@@ -32,7 +32,7 @@ def _runner(config, mode: str):
   rt, params = train.setup(config)
   opt_state = rt.optimizer.init(params)
   memory = train.init_memory(rt, params, config.batch_size)
-  stream = train.OrderedLMStream(rt.data.splits["train"], config.batch_size, config.tgt_len)
+  stream = train.OrderedLMStream(rt.task.data.splits["train"], config.batch_size, config.tgt_len)
   step = jax.jit(lambda *a: train.train_step(rt, mode, *a))
   x, y = (jax.device_put(a, rt.batch_sharding) for a in stream.segment(0))
   _, _, memory, _ = step(params, opt_state, memory, x, y, 0)  # full-length memory from here on
@@ -73,7 +73,7 @@ def main(argv):
   print(f"  solver share of the DEQ step: {100 * share:.0f}%  (1 - t(caps 1/1) / t(deq))")
 
   rt, _ = train.setup(base)
-  stream = train.OrderedLMStream(rt.data.splits["train"], base.batch_size, base.tgt_len)
+  stream = train.OrderedLMStream(rt.task.data.splits["train"], base.batch_size, base.tgt_len)
 
   def pipeline_step(k):
     x, y = stream.segment(k)

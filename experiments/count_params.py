@@ -21,7 +21,7 @@ def main(argv):
   config = _CONFIG.value
   total, non_embedding = count_parameters(abstract_model(config))
   paper = config.get("paper", None)
-  if paper is not None:
+  if paper is not None and "params_m" in paper:  # a WikiText-103 row
     off = lambda count, paper_m: f"{100 * (count / 1e6 / paper_m - 1):+.1f}%"
     print(
       f"{config.model_name} ({config.mode}): {total / 1e6:.2f}M params, {non_embedding / 1e6:.2f}M non-embedding;"

@@ -1,11 +1,12 @@
-r"""Train or evaluate a language model from an ml_collections config file.
+r"""Train or evaluate a model from an ml_collections config file (any task: WikiText, copy memory).
 
     python -m experiments.main --config=experiments/configs/default.py --workdir=/tmp/deqjax_default
     python -m experiments.main --config=... --workdir=... --mode=eval --config.eval_tgt_len=75
     python -m experiments.main --config=... --config.model.f_max_iter=20   # any field; unknown ones fail
 
-Training resumes from the workdir's latest checkpoint. The last printed line is
-`test_ppl=<float>` (full precision). Multi-host: pass --coordinator_address,
+Training resumes from the workdir's latest checkpoint. The last printed line is the
+task's test result at full precision: `test_ppl=<float>` (WikiText) or `test_loss=<float>`
+(copy memory). Multi-host: pass --coordinator_address,
 --num_processes and --process_id (or --distributed on platforms that detect them).
 """
 
@@ -41,17 +42,18 @@ def main(argv):
     )
   logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
   try:
+    name = train.task_class(FLAGS.config).result_name
     if FLAGS.mode == "train":
-      test_ppl = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-      if test_ppl is None:  # stopped by SIGTERM after saving
+      result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      if result is None:  # stopped by SIGTERM after saving
         return
     else:
-      test_ppl = train.evaluate(FLAGS.config, FLAGS.workdir)
+      result = train.evaluate(FLAGS.config, FLAGS.workdir)
   except (train.NonFiniteError, FileNotFoundError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
     sys.exit(1)
   if jax.process_index() == 0:
-    print(f"test_ppl={test_ppl!r}", flush=True)
+    print(f"{name}={result!r}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,16 @@ import ml_collections
 from flax import nnx
 
 from deqjax.models import (
+  TCN,
+  DEQTransformerClassifier,
+  DEQTransformerClassifierConfig,
   DEQTransformerConfig,
   DEQTransformerLM,
   DEQTrellisNetConfig,
   DEQTrellisNetLM,
+  RecurrentClassifier,
+  RecurrentConfig,
+  TCNConfig,
   TransformerXLConfig,
   TransformerXLLM,
 )
@@ -21,10 +27,15 @@ MODELS = {
   "deq_transformer": (DEQTransformerConfig, DEQTransformerLM),
   "transformer_xl": (TransformerXLConfig, TransformerXLLM),
   "deq_trellisnet": (DEQTrellisNetConfig, DEQTrellisNetLM),
+  "deq_transformer_classifier": (DEQTransformerClassifierConfig, DEQTransformerClassifier),
+  "tcn": (TCNConfig, TCN),
+  "recurrent": (RecurrentConfig, RecurrentClassifier),
 }
 # "deq": solve for the equilibrium; "unrolled": the same weight-tied cell applied pretrain_depth times
-# (the weight-tied Transformer-XL and the L-layer TrellisNet baselines); "layers": untied stacks.
+# (the weight-tied Transformer-XL and the L-layer TrellisNet baselines); "layers": ordinary networks
+# (untied stacks, TCNs, RNNs), which only train in this mode.
 MODES = ("deq", "unrolled", "layers")
+LAYER_MODELS = ("transformer_xl", "tcn", "recurrent")
 
 
 def architecture(config: ml_collections.ConfigDict):
@@ -41,7 +52,7 @@ def architecture(config: ml_collections.ConfigDict):
     fields["cutoffs"] = tuple(fields["cutoffs"])
   if config.mode not in MODES:
     raise ValueError(f"Unknown mode={config.mode!r}; expected one of {list(MODES)}.")
-  if (config.mode == "layers") != (config.model_name == "transformer_xl"):
+  if (config.mode == "layers") != (config.model_name in LAYER_MODELS):
     raise ValueError(f"mode={config.mode!r} does not fit model_name={config.model_name!r}.")
   return config_class(**fields)
 
@@ -57,7 +68,7 @@ def abstract_model(config: ml_collections.ConfigDict):
 
 
 def count_parameters(model) -> tuple[int, int]:
-  """(all trainable parameters, those outside the embedding and the softmax)."""
+  """(all trainable parameters, those outside the embedding and the softmax, where the model has them)."""
   size = lambda module: sum(leaf.size for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
   total = size(model)
-  return total, total - size(model.embedding) - size(model.softmax)
+  return total, total - sum(size(getattr(model, name)) for name in ("embedding", "softmax") if hasattr(model, name))

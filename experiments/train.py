@@ -1,10 +1,16 @@
-"""Training and memory-cached evaluation of the language models, data-parallel over all devices.
+"""Training and evaluation, data-parallel over all devices, for every task a config names.
 
 `train_and_evaluate(config, workdir)` trains (resuming from the workdir's latest
-checkpoint), validates periodically and returns the test perplexity;
+checkpoint), validates periodically and returns the task's test result;
 `evaluate(config, workdir)` scores the latest checkpoint. Everything a step
 depends on is a function of (seed, step) or lives in the checkpoint, so a run
 killed at any moment and restarted ends with the same parameters.
+
+A task (`config.task`) supplies the data and the evaluation: "wikitext"
+(`LMTask` here: ordered segments, memory carried, perplexity) or "copy_memory"
+(`experiments.copy_memory_task`). The models share one call signature
+(tokens, targets, memory) -> output with a per-token `nll`, so the step,
+the checkpoints and the loop are common.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import hashlib
 import math
 import os
 import signal
+import time
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +44,49 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 class NonFiniteError(RuntimeError):
   """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+class Task(Protocol):
+  """What a training task provides the common loop with."""
+
+  result_name: str  # the test result's name ("test_ppl"); main prints `<result_name>=<value>`
+  tokens_per_step: int  # tokens of one global training batch
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict) -> tuple[Task, ml_collections.ConfigDict]:
+    """(task, `config` with its data-derived fields resolved); reads or makes the data."""
+
+  def identity(self) -> dict:
+    """JSON-able description of the data; a checkpoint made on other data does not resume."""
+
+  def check_identity(self, saved: dict, step: int) -> None:
+    """Raises ValueError when the checkpoint at `step` (identity `saved`) was made on other data."""
+
+  def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) of training step `step`: this process's rows."""
+
+  def epoch(self, step: int) -> int:
+    """The data epoch training step `step` reads."""
+
+  def validate(self, rt: Runtime, params, mode: str) -> dict:
+    """Periodic evaluation: named scalars."""
+
+  def test(self, rt: Runtime, params, mode: str) -> float:
+    """The final result (`result_name`)."""
+
+
+def task_class(config: ml_collections.ConfigDict):
+  """The class of `config.task`; its `create(config)` returns (task, config with data-derived fields resolved)."""
+  if config.task == "wikitext":
+    return LMTask
+  if config.task == "copy_memory":
+    from experiments.copy_memory_task import CopyMemoryTask  # that module builds on this one
+
+    return CopyMemoryTask
+  raise ValueError(f"Unknown task={config.task!r}; expected 'wikitext' or 'copy_memory'.")
 
 
 # ----------------------------------------------------------------------------- setup
@@ -96,7 +147,7 @@ class Runtime:
   """Everything that stays fixed during a run."""
 
   config: ml_collections.ConfigDict
-  data: WikitextData
+  task: Task
   graphdef: nnx.GraphDef
   rest: nnx.State
   optimizer: optax.GradientTransformation
@@ -146,18 +197,17 @@ def setup(config: ml_collections.ConfigDict) -> tuple[Runtime, nnx.State]:
   mesh = make_mesh()
   check_batch("batch_size", config.batch_size, mesh)
   check_batch("eval_batch_size", config.eval_batch_size, mesh)
-  data = load_data(config)
-  config = resolve_vocab(config, data)
+  task, config = task_class(config).create(config)
   model = build_model(config, nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  runtime = Runtime(config, data, graphdef, rest, make_optimizer(config), mesh)
+  runtime = Runtime(config, task, graphdef, rest, make_optimizer(config), mesh)
   return runtime, jax.device_put(params, runtime.replicated)
 
 
 # ----------------------------------------------------------------------------- steps
 
 
-def _forward(rt: Runtime, params, tokens, targets, memory, *, key, mode, probe=None, jac_key=None):
+def model_forward(rt: Runtime, params, tokens, targets, memory, *, key, mode, probe=None, jac_key=None):
   """The model's output for one segment (DEQ models: `mode` "deq" or "pretrain")."""
   model = nnx.merge(rt.graphdef, params, rt.rest)
   dtype = DTYPES[rt.config.dtype]
@@ -190,7 +240,7 @@ def train_step(rt: Runtime, mode: str, params, opt_state, memory, tokens, target
   probe = deqjax.backward_probe(batch) if mode == "deq" else None
 
   def loss_fn(params, probe):
-    out = _forward(
+    out = model_forward(
       rt, params, tokens, targets, memory, key=dropout_key, mode=mode, probe=probe, jac_key=jac_key if use_jac else None
     )
     nll = jnp.mean(out.nll)
@@ -198,7 +248,7 @@ def train_step(rt: Runtime, mode: str, params, opt_state, memory, tokens, target
     return loss, (nll, out)
 
   (loss, (nll, out)), (grads, probe_bar) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(params, probe)
-  grad_norm = optax.tree_utils.tree_l2_norm(grads)
+  grad_norm = optax.tree_utils.tree_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt_state = rt.optimizer.update(grads, opt_state, params)
   new_params = optax.apply_updates(params, updates)
@@ -225,11 +275,58 @@ def _same_shapes(a, b) -> bool:
 
 def eval_step(rt: Runtime, mode: str, params, memory, tokens, targets):
   """(summed NLL, new memory) of one evaluation segment (no dropout)."""
-  out = _forward(rt, params, tokens, targets, memory, key=None, mode=mode)
+  out = model_forward(rt, params, tokens, targets, memory, key=None, mode=mode)
   return jnp.sum(out.nll.astype(jnp.float32)), out.memory
 
 
-# ----------------------------------------------------------------------------- evaluation
+# ----------------------------------------------------------------------------- language modelling
+
+
+class LMTask:
+  """WikiText language modelling: ordered segments of the training text, memory-cached perplexity."""
+
+  result_name = "test_ppl"
+
+  def __init__(self, config: ml_collections.ConfigDict, data: WikitextData):
+    self.config, self.data = config, data
+    self.stream = OrderedLMStream(
+      data.splits["train"], config.batch_size, config.tgt_len, rows=local_rows(config.batch_size)
+    )
+    self.tokens_per_step = config.batch_size * config.tgt_len
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict) -> tuple[LMTask, ml_collections.ConfigDict]:
+    data = load_data(config)
+    config = resolve_vocab(config, data)
+    return cls(config, data), config
+
+  def identity(self) -> dict:
+    return {
+      "dataset": self.data.name,
+      "vocab_size": len(self.data.vocab),
+      "vocab_digest": vocab_digest(self.data.vocab),
+    }
+
+  def check_identity(self, saved: dict, step: int) -> None:
+    now = self.identity()
+    if saved != now:
+      raise ValueError(
+        f"The checkpoint at step {step} was trained on a vocabulary of {saved['vocab_size']} types ({saved['dataset']},"
+        f" digest {saved['vocab_digest']}); the data now gives {now['vocab_size']} ({now['dataset']},"
+        f" digest {now['vocab_digest']}). Use the same dataset, or a fresh workdir."
+      )
+
+  def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    return self.stream.segment(step)
+
+  def epoch(self, step: int) -> int:
+    return self.stream.epoch(step)
+
+  def validate(self, rt: Runtime, params, mode: str) -> dict:
+    return {"valid_ppl": evaluate_split(rt, params, "validation", self.config.eval_max_segments, mode)}
+
+  def test(self, rt: Runtime, params, mode: str) -> float:
+    return evaluate_split(rt, params, "test", 0, mode)
 
 
 def eval_runtime(rt: Runtime) -> Runtime:
@@ -252,7 +349,9 @@ def evaluate_split(rt: Runtime, params, split: str, max_segments: int, mode: str
   """
   c = rt.config
   eval_rt = eval_runtime(rt)
-  stream = OrderedLMStream(rt.data.splits[split], c.eval_batch_size, c.eval_tgt_len, rows=local_rows(c.eval_batch_size))
+  stream = OrderedLMStream(
+    rt.task.data.splits[split], c.eval_batch_size, c.eval_tgt_len, rows=local_rows(c.eval_batch_size)
+  )
   step = rt.jitted(("eval", mode), functools.partial(eval_step, eval_rt, mode))
   memory = init_memory(eval_rt, params, c.eval_batch_size)
   total, count = 0.0, 0
@@ -280,34 +379,35 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
-def save_checkpoint(manager, rt: Runtime, step: int, params, opt_state, memory, nonfinite_total: int) -> None:
-  """Parameters, optimizer state, memory, and as JSON: step, data position, RNG, vocabulary."""
+@dataclasses.dataclass
+class Progress:
+  """The loop's counters, saved with every checkpoint."""
+
+  step: int = 0
+  nonfinite_total: int = 0
+  train_seconds: float = 0.0  # wall-clock time of the training steps, summed over resumed runs
+
+
+def save_checkpoint(manager, rt: Runtime, progress: Progress, params, opt_state, memory) -> None:
+  """Parameters, optimizer state, memory, and as JSON: step, data position, RNG, the task's data identity."""
   leaves = jax.tree.leaves(memory)
   meta = {
-    "step": step,
-    "data_segment": step,  # the next training segment; the stream is a function of it
+    **dataclasses.asdict(progress),
+    "data_segment": progress.step,  # the next training batch; the data is a function of it
     "rng_key_data": np.asarray(jax.random.key_data(dropout_base_key(rt.config))).tolist(),
-    "dataset": rt.data.name,
-    "vocab_size": len(rt.data.vocab),
-    "vocab_digest": vocab_digest(rt.data.vocab),
-    "nonfinite_total": nonfinite_total,
+    "task": rt.task.identity(),
     "memory": [[list(leaf.shape), str(leaf.dtype)] for leaf in leaves],
   }
   state = {"params": params, "opt_state": opt_state, "memory": list(leaves)}
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+  manager.save(progress.step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
   manager.wait_until_finished()
 
 
 def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: int | None = None):
-  """(step, params, opt_state, memory, nonfinite_total) of the latest (or given) checkpoint."""
+  """(progress, params, opt_state, memory) of the latest (or given) checkpoint."""
   step = manager.latest_step() if step is None else step
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  if meta["vocab_size"] != len(rt.data.vocab) or meta["vocab_digest"] != vocab_digest(rt.data.vocab):
-    raise ValueError(
-      f"The checkpoint at step {step} was trained on a vocabulary of {meta['vocab_size']} types ({meta['dataset']},"
-      f" digest {meta['vocab_digest']}); the data now gives {len(rt.data.vocab)} ({rt.data.name},"
-      f" digest {vocab_digest(rt.data.vocab)}). Use the same dataset, or a fresh workdir."
-    )
+  rt.task.check_identity(meta["task"], step)
   key_data = np.asarray(jax.random.key_data(dropout_base_key(rt.config))).tolist()
   if meta["rng_key_data"] != key_data:
     raise ValueError(
@@ -321,7 +421,8 @@ def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: in
   target = {"params": as_target(params), "opt_state": as_target(opt_state), "memory": memory_target}
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
   memory = jax.tree.unflatten(jax.tree.structure(memory), state["memory"])
-  return meta["step"], state["params"], state["opt_state"], memory, meta["nonfinite_total"]
+  progress = Progress(**{f.name: meta[f.name] for f in dataclasses.fields(Progress)})
+  return progress, state["params"], state["opt_state"], memory
 
 
 # ----------------------------------------------------------------------------- loops
@@ -351,7 +452,7 @@ class _SigtermFlag:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> float | None:
-  """Trains (resuming from `workdir`), validates every eval_every_steps, returns the test perplexity.
+  """Trains (resuming from `workdir`), validates every eval_every_steps, returns the task's test result.
 
   Returns None when SIGTERM stopped the run (after saving a checkpoint).
   """
@@ -360,51 +461,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> float
   opt_state = jax.jit(rt.optimizer.init)(params)
   memory = init_memory(rt, params, c.batch_size)
   manager = checkpoint_manager(workdir, c.keep_checkpoints)
-  step, nonfinite_total = 0, 0
+  progress = Progress()
   if manager.latest_step() is not None:
-    step, params, opt_state, memory, nonfinite_total = restore_checkpoint(manager, rt, params, opt_state, memory)
-    print(f"Resumed from {manager.directory} at step {step}.", flush=True)
-  stream = OrderedLMStream(rt.data.splits["train"], c.batch_size, c.tgt_len, rows=local_rows(c.batch_size))
-  writer = MetricsWriter(workdir, c.num_train_steps, c.batch_size * c.tgt_len, start_step=step)
+    progress, params, opt_state, memory = restore_checkpoint(manager, rt, params, opt_state, memory)
+    print(f"Resumed from {manager.directory} at step {progress.step}.", flush=True)
+  writer = MetricsWriter(workdir, c.num_train_steps, rt.task.tokens_per_step, start_step=progress.step)
   consecutive = 0
   with _SigtermFlag() as sigterm:
-    while step < c.num_train_steps:
-      mode = model_mode(c, step)
-      inputs, targets = stream.segment(step)
+    while progress.step < c.num_train_steps:
+      mode = model_mode(c, progress.step)
+      inputs, targets = rt.task.train_batch(progress.step)
+      started = time.perf_counter()
       x, y = (to_global(a, rt.batch_sharding, c.batch_size) for a in (inputs, targets))
       update = rt.jitted(("train", mode), functools.partial(train_step, rt, mode), donate_argnums=(0, 1))
-      params, opt_state, memory, metrics = update(params, opt_state, memory, x, y, step)
-      step += 1
+      params, opt_state, memory, metrics = update(params, opt_state, memory, x, y, progress.step)
       metrics = jax.device_get(metrics)
+      progress.train_seconds += time.perf_counter() - started
+      progress.step += 1
+      step = progress.step
       consecutive = 0 if metrics["finite"] else consecutive + 1
-      nonfinite_total += int(not metrics["finite"])
+      progress.nonfinite_total += int(not metrics["finite"])
       if consecutive >= c.max_nonfinite_steps:
         raise NonFiniteError(
           f"{consecutive} consecutive steps (up to step {step}) had a non-finite loss or gradient and were skipped;"
           f" stopping. The last checkpoint ({manager.latest_step()}) holds the last good parameters."
         )
-      writer.add(StepMetrics(step, mode, metrics, epoch=stream.epoch(step - 1), nonfinite_total=nonfinite_total))
+      writer.add(StepMetrics(step, mode, metrics, rt.task.epoch(step - 1), progress.nonfinite_total))
       if step % c.log_every_steps == 0 or step == c.num_train_steps:
-        writer.flush(step)
+        writer.flush(step, train_seconds=progress.train_seconds)
       if c.eval_every_steps and step % c.eval_every_steps == 0 and step < c.num_train_steps:
-        writer.scalars(step, {"valid_ppl": evaluate_split(rt, params, "validation", c.eval_max_segments, mode)})
+        writer.scalars(step, {**rt.task.validate(rt, params, mode), "train_seconds": progress.train_seconds})
       if step % c.checkpoint_every_steps == 0 or step == c.num_train_steps:
-        save_checkpoint(manager, rt, step, params, opt_state, memory, nonfinite_total)
+        save_checkpoint(manager, rt, progress, params, opt_state, memory)
       if sigterm.raised:
         if manager.latest_step() != step:
-          save_checkpoint(manager, rt, step, params, opt_state, memory, nonfinite_total)
+          save_checkpoint(manager, rt, progress, params, opt_state, memory)
         print(f"SIGTERM: saved the checkpoint at step {step} and stopped.", flush=True)
         writer.close()
         return None
-  mode = model_mode(c, max(step - 1, 0))
-  test_ppl = evaluate_split(rt, params, "test", 0, mode)
-  writer.scalars(step, {"test_ppl": test_ppl})
+  mode = model_mode(c, max(progress.step - 1, 0))
+  result = rt.task.test(rt, params, mode)
+  writer.scalars(progress.step, {rt.task.result_name: result, "train_seconds": progress.train_seconds})
   writer.close()
-  return test_ppl
+  return result
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> float:
-  """Test perplexity of the workdir's latest checkpoint (memory-cached; eval_tgt_len, eval_mem_len apply)."""
+  """The task's test result for the workdir's latest checkpoint (LM: eval_tgt_len, eval_mem_len apply)."""
   rt, params = setup(config)
   opt_state = jax.eval_shape(rt.optimizer.init, params)
   opt_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rt.replicated), opt_state)
@@ -412,5 +515,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> float:
   if manager.latest_step() is None:
     raise FileNotFoundError(f"No checkpoint under {manager.directory}; train first (--mode=train).")
   memory = init_memory(rt, params, rt.config.batch_size)
-  step, params, _, _, _ = restore_checkpoint(manager, rt, params, opt_state, memory)
-  return evaluate_split(rt, params, "test", 0, model_mode(rt.config, max(step - 1, 0)))
+  progress, params, _, _ = restore_checkpoint(manager, rt, params, opt_state, memory)
+  return rt.task.test(rt, params, model_mode(rt.config, max(progress.step - 1, 0)))

@@ -40,8 +40,8 @@ class MetricsWriter:
   def add(self, metrics: StepMetrics) -> None:
     self.pending.append(metrics)
 
-  def flush(self, step: int) -> dict:
-    """Writes the averages since the last flush and prints the progress line; returns what it wrote."""
+  def flush(self, step: int, **extra) -> dict:
+    """Writes the averages since the last flush (plus `extra`), prints the progress line; returns the record."""
     if not self.pending:
       return {}
     now = time.perf_counter()
@@ -57,6 +57,7 @@ class MetricsWriter:
     record["s_per_step"] = seconds_per_step
     record["skipped"] = len(self.pending) - len(finite)
     record["nonfinite_total"] = self.pending[-1].nonfinite_total
+    record.update(extra)
     self.pending, self.last_time, self.last_step = [], now, step
     if self.main:
       self.jsonl.write(json.dumps(record) + "\n")
@@ -68,14 +69,14 @@ class MetricsWriter:
     return record
 
   def scalars(self, step: int, values: dict) -> None:
-    """Evaluation results (valid_ppl, test_ppl): JSONL, TensorBoard and one printed line."""
+    """Evaluation results (valid_ppl, test_ppl, heldout_loss, ...): JSONL, TensorBoard and one printed line."""
     if not self.main:
       return
     self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
     self.jsonl.flush()
     for key, value in values.items():
       self.tensorboard.add_scalar(f"eval/{key}", value, step)
-    print(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()), flush=True)
+    print(f"step {step}: " + ", ".join(f"{k} {v:.5g}" for k, v in values.items()), flush=True)
 
   def close(self) -> None:
     if self.main:
@@ -88,7 +89,7 @@ def _progress_line(record: dict, num_steps: int, seconds_per_step: float) -> str
   eta = max(num_steps - step, 0) * seconds_per_step
   parts = [f"step {step}/{num_steps} [{record['mode']}]"]
   if "loss" in record:
-    parts.append(f"loss {record['loss']:.3f} ppl {record['ppl']:.1f}")
+    parts.append(f"loss {record['loss']:.4g} ppl {record['ppl']:.1f}")
   if "f_steps" in record:
     parts.append(f"solver f {record['f_steps']:.1f} steps (res {record['f_residual']:.1e})")
     parts.append(f"b {record['b_steps']:.1f} steps (res {record['b_residual']:.1e})")

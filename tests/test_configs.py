@@ -17,7 +17,7 @@ from experiments.model_builder import abstract_model, architecture, count_parame
 CONFIGS = sorted(  # the WikiText-103 rows
   p.stem
   for p in pathlib.Path("experiments/configs").glob("*.py")
-  if p.stem not in ("__init__", "wt103", "training", "default")
+  if p.stem not in ("__init__", "wt103", "training", "default") and not p.stem.startswith("copy_memory")
 )
 # The reference's shipped models, and the 70-layer TrellisNet, which is the DEQ-TrellisNet's cell unrolled.
 SHIPPED = {"deq_transformer_medium_adaptive": 97_691_888, "deq_trellisnet": 174_168_738, "trellisnet_70l": 174_168_738}

@@ -126,7 +126,7 @@ def test_four_devices_match_one(tfds_dir):
     params = jax.device_put(params, rt.replicated)
     opt_state = rt.optimizer.init(params)
     memory = train.init_memory(rt, params, config.batch_size)
-    stream = train.OrderedLMStream(rt.data.splits["train"], config.batch_size, config.tgt_len)
+    stream = train.OrderedLMStream(rt.task.data.splits["train"], config.batch_size, config.tgt_len)
     step = jax.jit(functools.partial(train.train_step, rt, "deq"))
     losses = []
     for k in range(3):
@@ -142,7 +142,7 @@ def test_four_devices_match_one(tfds_dir):
 
 def test_non_finite_steps_are_skipped_then_stop(tfds_dir, tmp_path, monkeypatch):
   config = tiny_config(tfds_dir, num_train_steps=20, pretrain_steps=20, max_nonfinite_steps=3, checkpoint_every_steps=2)
-  forward, step_fn = train._forward, train.train_step
+  forward, step_fn = train.model_forward, train.train_step
 
   def poisoned_step(rt, mode, params, opt_state, memory, tokens, targets, step):
     """From the 5th step (index 4) on, the loss is NaN."""
@@ -152,7 +152,7 @@ def test_non_finite_steps_are_skipped_then_stop(tfds_dir, tmp_path, monkeypatch)
       return out._replace(nll=jax.numpy.where(step >= 4, np.nan, out.nll))
 
     with monkeypatch.context() as patch:
-      patch.setattr(train, "_forward", poisoned_forward)
+      patch.setattr(train, "model_forward", poisoned_forward)
       return step_fn(rt, mode, params, opt_state, memory, tokens, targets, step)
 
   monkeypatch.setattr(train, "train_step", poisoned_step)
@@ -214,7 +214,7 @@ def test_jacobian_penalty_enters_the_update(tfds_dir):
     before = jax.tree.leaves(params)
     memory = train.init_memory(rt, params, config.batch_size)
     x, y = (
-      jax.device_put(a, rt.batch_sharding) for a in train.OrderedLMStream(rt.data.splits["train"], 8, 16).segment(0)
+      jax.device_put(a, rt.batch_sharding) for a in train.OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0)
     )
     new_params, _, _, metrics = jax.jit(functools.partial(train.train_step, rt, "deq"))(
       params, rt.optimizer.init(params), memory, x, y, 0

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deqjax._info import SolveInfo
+from deqjax.models.sequence import ClassifierOutput, classifier_output
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
 from deqjax.nn.attention import sinusoid_positions
 from deqjax.nn.deq_layer import DEQSettings, cell_output
@@ -150,12 +151,92 @@ class DEQTransformerLM(nnx.Module):
       jac_key: PRNG key for the Jacobian penalty (`jac_loss`); None skips it.
       solver_overrides: `deqjax.fixed_point` options for this call.
     """
-    c = self.config
     b, q = tokens.shape
+    out, new_memory, info, jac = self.features(tokens, memory, dropout_key, mode, dtype, jac_key, **solver_overrides)
+    acc = jnp.promote_types(dtype, jnp.float32)
+    nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
+    return LMOutput(nll.reshape(b, q), new_memory, info, jac)
+
+  def features(self, tokens, memory, dropout_key, mode, dtype, jac_key, **solver_overrides):
+    """Embedding, dropout, `body`, dropout: (output `[b, q, d_model]`, new memory, info, jac), as `body`."""
+    c = self.config
+    b = tokens.shape[0]
     keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
     emb = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
     out, new_memory, info, jac = self.body(emb, memory, ff_key=keys[1], mode=mode, jac_key=jac_key, **solver_overrides)
     out = apply_mask(out, variational_mask(keys[2], b, c.d_model, c.dropout, dtype))
-    acc = jnp.promote_types(dtype, jnp.float32)
-    nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
-    return LMOutput(nll.reshape(b, q), new_memory, info, jac)
+    return out, new_memory, info, jac
+
+
+@dataclasses.dataclass(frozen=True)
+class DEQTransformerClassifierConfig(DEQSettings):
+  """A DEQ-Transformer per-position classifier (no memory between batches, no adaptive softmax).
+
+  Attributes:
+    n_token: input symbols; n_classes: output classes (0: n_token).
+    d_model, n_head, d_head, d_inner, dropout: as `DEQTransformerConfig`.
+  """
+
+  n_token: int
+  d_model: int
+  n_head: int
+  d_inner: int
+  n_classes: int = 0
+  d_head: int | None = None
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    as_lm = DEQTransformerConfig(
+      n_token=self.n_token, d_model=self.d_model, n_head=self.n_head, d_inner=self.d_inner, d_head=self.d_head,
+      dropout=self.dropout,
+    )  # fmt: skip
+    object.__setattr__(self, "d_head", as_lm.d_head)
+    if self.n_classes == 0:
+      object.__setattr__(self, "n_classes", self.n_token)
+    if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 1:
+      raise ValueError(f"n_classes must be an int >= 1 (0: n_token); got {self.n_classes!r}.")
+
+  @property
+  def mem_len(self) -> int:
+    return 0
+
+
+class DEQTransformerClassifier(DEQTransformerLM):
+  """The DEQ-Transformer's embedding, injection and cell with a linear classification head.
+
+      tokens -> Embed -> variational dropout -> injection -> z* = f(z*; u) -> f(z*) -> Linear -> logits
+
+  Attention is causal over the whole sequence (position t sees tokens <= t).
+  """
+
+  def __init__(self, config: DEQTransformerClassifierConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    self.embedding = nnx.Embed(c.n_token, c.d_model, rngs=rngs)
+    self.injection = nnx.Linear(c.d_model, 3 * c.n_head * c.d_head, rngs=rngs)
+    self.cell = DEQTransformerCell(c.d_model, c.n_head, c.d_head, c.d_inner, rngs=rngs)
+    self.head = nnx.Linear(c.d_model, c.n_classes, rngs=rngs)
+
+  def __call__(
+    self,
+    tokens: jax.Array,
+    targets: jax.Array,
+    memory: tuple = (),
+    *,
+    dropout_key: jax.Array | None = None,
+    mode: str = "deq",
+    dtype=jnp.float32,
+    jac_key: jax.Array | None = None,
+    **solver_overrides,
+  ) -> ClassifierOutput:
+    """Per-position cross-entropy of `targets` given `tokens` (both `[b, T]`); arguments as `DEQTransformerLM`."""
+    del memory  # every sequence starts afresh
+    empty = DEQTransformerLM.init_memory(self, tokens.shape[0], dtype)
+    out, _, info, jac = self.features(tokens, empty, dropout_key, mode, dtype, jac_key, **solver_overrides)
+    logits = self.head(out.astype(jnp.promote_types(dtype, jnp.float32)))
+    return classifier_output(logits, targets, info=info, jac_loss=jac)
+
+  def init_memory(self, batch: int, dtype=jnp.float32) -> tuple:
+    """Nothing is carried between batches."""
+    del batch, dtype
+    return ()

@@ -38,12 +38,11 @@ def causal_mask(qlen: int, mlen: int) -> jax.Array:
 
 def _one_head(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int):
   """One head: q `[b, q, d]`, k, v `[b, k, d]`, r_k `[k, d]`, biases `[d]` -> `[b, q, d]`."""
-  d_head = q.shape[-1]
-  content = jnp.einsum("bqd,bkd->bqk", q + r_w_bias[None, None].astype(q.dtype), k)
-  position = rel_shift(jnp.einsum("bqd,kd->bqk", q + r_r_bias[None, None].astype(q.dtype), r_k))
+  scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))  # folded into the queries: [b, q, d], not [b, q, k]
+  content = jnp.einsum("bqd,bkd->bqk", (q + r_w_bias[None, None].astype(q.dtype)) * scale, k)
+  position = rel_shift(jnp.einsum("bqd,kd->bqk", (q + r_r_bias[None, None].astype(q.dtype)) * scale, r_k))
   acc = jnp.promote_types(q.dtype, jnp.float32)  # float32 for 16-bit inputs, float64 stays
-  scores = (content + position).astype(acc) / jnp.sqrt(jnp.asarray(d_head, acc))
-  scores = jnp.where(causal_mask(q.shape[1], mlen)[None], scores, -jnp.inf)
+  scores = jnp.where(causal_mask(q.shape[1], mlen)[None], (content + position).astype(acc), -jnp.inf)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum("bqk,bkd->bqd", probs, v)
 

@@ -69,10 +69,19 @@ class WeightNormConv1D(nnx.Module):
     return {"kernel": v * scale[None, None, :], "bias": self.bias[...]}
 
 
-def causal_conv(weights: dict, x: jax.Array, history: jax.Array) -> jax.Array:
-  """y_t = sum_j W_j x_{t - (K-1) + j} + b over x `[b, q, d_in]`, left-padded by `history` `[b, K-1, d_in]`."""
+def causal_conv(weights: dict, x: jax.Array, history: jax.Array, dilation: int = 1) -> jax.Array:
+  """y_t = sum_j W_j x_{t - (K-1-j) dilation} + b over x `[b, q, d_in]`.
+
+  `history` `[b, (K-1) dilation, d_in]` holds the positions before x (the previous
+  segment's inputs, or zeros).
+  """
   kernel = weights["kernel"].astype(x.dtype)
   taps, q = kernel.shape[0], x.shape[1]
+  if history.shape[1] != (taps - 1) * dilation:
+    raise ValueError(
+      f"history has {history.shape[1]} positions; a {taps}-tap convolution with dilation {dilation}"
+      f" needs {(taps - 1) * dilation}."
+    )
   padded = jnp.concatenate([history.astype(x.dtype), x], axis=1)
-  y = sum(padded[:, j : j + q] @ kernel[j] for j in range(taps))
+  y = sum(padded[:, j * dilation : j * dilation + q] @ kernel[j] for j in range(taps))
   return y + weights["bias"].astype(x.dtype)[None, None, :]

@@ -28,10 +28,32 @@ TRELLISNET_WT103 = dict(
 )
 
 
+# Fields every task's config carries (see add_training for their meaning).
+COMMON = dict(
+  seed=0,
+  batch_size=8,
+  eval_batch_size=4,
+  learning_rate=1e-3,
+  warmup_steps=0,
+  num_train_steps=1000,
+  grad_clip=0.25,
+  weight_decay=0.0,
+  pretrain_steps=0,
+  jac_reg=0.0,
+  dtype="float32",
+  log_every_steps=50,
+  eval_every_steps=1000,
+  checkpoint_every_steps=1000,
+  keep_checkpoints=3,
+  max_nonfinite_steps=20,
+)
+
+
 def add_training(config: ml_collections.ConfigDict, dataset: str, **values) -> ml_collections.ConfigDict:
-  """Adds the data / optimisation / bookkeeping fields to `config`, overridden by `values`.
+  """Adds the WikiText task's data / optimisation / bookkeeping fields to `config`, overridden by `values`.
 
   Fields:
+    task: "wikitext".
     data.name: TFDS config of the `wikitext` builder ("wikitext103", "wikitext2", "wikitext2_sample").
     data.manual_dir: folder with the wiki.*.tokens files (or the official zip).
     data.data_dir: where TFDS keeps the prepared dataset ("" = TFDS's default).
@@ -48,32 +70,29 @@ def add_training(config: ml_collections.ConfigDict, dataset: str, **values) -> m
     log_every_steps, eval_every_steps, checkpoint_every_steps, keep_checkpoints: bookkeeping.
     max_nonfinite_steps: consecutive skipped (non-finite) steps after which the run stops.
   """
+  config.task = "wikitext"
   config.data = ml_collections.ConfigDict(dict(name=dataset, manual_dir="", data_dir=""))
-  fields = dict(
-    seed=0,
-    batch_size=8,
-    tgt_len=64,
-    eval_batch_size=4,
-    eval_tgt_len=64,
-    eval_mem_len=-1,
-    eval_max_segments=0,
-    learning_rate=1e-3,
-    warmup_steps=0,
-    num_train_steps=1000,
-    grad_clip=0.25,
-    weight_decay=0.0,
-    pretrain_steps=0,
-    jac_reg=0.0,
-    dtype="float32",
-    log_every_steps=50,
-    eval_every_steps=1000,
-    checkpoint_every_steps=1000,
-    keep_checkpoints=3,
-    max_nonfinite_steps=20,
-  )
+  lm = dict(tgt_len=64, eval_tgt_len=64, eval_mem_len=-1, eval_max_segments=0)
+  return _add_fields(config, {**COMMON, **lm}, values)
+
+
+def add_copy_memory_training(config: ml_collections.ConfigDict, **values) -> ml_collections.ConfigDict:
+  """Adds the copy-memory task's fields (the common ones of `add_training`, plus the task's).
+
+  Fields:
+    task: "copy_memory".
+    data.T: blanks between the digits and their recall (sequences are T + 20 long).
+    data.heldout_size, data.heldout_seed: the fixed held-out sequences the reported loss is measured on.
+    eval_batch_size: held-out sequences per evaluation batch.
+  """
+  config.task = "copy_memory"
+  config.data = ml_collections.ConfigDict(dict(T=400, heldout_size=1000, heldout_seed=1234))
+  return _add_fields(config, COMMON, values)
+
+
+def _add_fields(config, fields: dict, values: dict) -> ml_collections.ConfigDict:
   unknown = sorted(set(values) - set(fields))
   if unknown:
     raise ValueError(f"Unknown training field(s) {unknown}; known: {sorted(fields)}.")
-  fields.update(values)
-  config.update(fields)
+  config.update({**fields, **values})
   return config
