@@ -3,6 +3,7 @@
 import importlib
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -179,3 +180,21 @@ def test_main_prints_the_test_loss_and_rejects_a_wrong_vocabulary(tmp_path):
     [*command, f"--workdir={tmp_path / 'b'}", *flags, "--config.model.n_token=12"], capture_output=True, text=True
   )
   assert bad.returncode == 1 and "config.model.n_token=12, but the copy-memory task has 10 symbols" in bad.stderr
+
+
+def test_table_reports_when_the_target_was_first_reached(tmp_path, capsys):
+  from experiments import copy_memory_table
+
+  evals = [(250, 0.05, 600.0), (500, 5e-5, 1200.0), (750, 2e-5, 1800.0)]
+  lines = [
+    {"step": s, "loss": loss, "mode": "deq", "f_steps": 9.0, "b_steps": 7.0, "f_residual": 1e-3} for s, loss, _ in evals
+  ]
+  lines += [{"step": s, "heldout_loss": loss, "digit_accuracy": 1.0, "train_seconds": t} for s, loss, t in evals]
+  lines.append({"step": 750, "test_loss": 2e-5, "train_seconds": 1800.0})
+  os.makedirs(tmp_path / "copy_deq")
+  with open(tmp_path / "copy_deq" / "metrics.jsonl", "w") as f:
+    f.write("\n".join(json.dumps(line) for line in lines))
+  summary = copy_memory_table.row_summary(copy_memory_table.read_run(str(tmp_path / "copy_deq")), 1e-4)
+  assert summary["reached"] == (500, 1200.0 / 3600) and summary["loss"] == 2e-5 and summary["finished"]
+  assert copy_memory_table.row_summary(copy_memory_table.read_run(str(tmp_path / "copy_deq")), 1e-5)["reached"] is None
+  assert copy_memory_table.read_run(str(tmp_path / "copy_tcn")) is None

@@ -214,7 +214,8 @@ def test_jacobian_penalty_enters_the_update(tfds_dir):
     before = jax.tree.leaves(params)
     memory = train.init_memory(rt, params, config.batch_size)
     x, y = (
-      jax.device_put(a, rt.batch_sharding) for a in train.OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0)
+      jax.device_put(a, rt.batch_sharding)
+      for a in train.OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0)
     )
     new_params, _, _, metrics = jax.jit(functools.partial(train.train_step, rt, "deq"))(
       params, rt.optimizer.init(params), memory, x, y, 0
