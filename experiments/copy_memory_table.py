@@ -74,7 +74,7 @@ def main(argv):
     head = f"| {NAMES[row]} | {params:,} ({config.paper.params}) |"
     run = read_run(os.path.join(FLAGS.root, WORKDIRS[row]))
     if run is None or not run["train"]:
-      print(f"{head} not run | {config.paper.loss:.2g} | | | | |")
+      print(f"{head} not run | {config.paper.loss:.3g} | | | | |")
       continue
     runs[row] = run
     s = row_summary(run, FLAGS.target)
@@ -82,7 +82,7 @@ def main(argv):
     reached = "not reached" if s["reached"] is None else f"step {s['reached'][0]}, {s['reached'][1]:.2f} h"
     accuracy = "" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
     print(
-      f"{head} {s['loss']:.3g}{status} | {config.paper.loss:.2g} | {s['step']} | {s['hours']:.2f} |"
+      f"{head} {s['loss']:.3g}{status} | {config.paper.loss:.3g} | {s['step']} | {s['hours']:.2f} |"
       f" {accuracy} | {reached} |"
     )
   if FLAGS.png and runs:
