@@ -1,6 +1,6 @@
 r"""The copy-memory table (the paper's Table 1) and its plot, from the runs' workdirs.
 
-    python -m experiments.copy_memory_table --root=/work/runs --png=docs/copy_memory.png
+    python -m experiments.copy_memory_table --root=/work/runs --png=results/copy_memory.png
 
 Reads `<root>/copy_{deq,tcn,lstm,gru}/metrics.jsonl` (the runs of
 `python -m experiments.main --config=experiments/configs/copy_memory_<row>.py --workdir=<root>/copy_<short>`
