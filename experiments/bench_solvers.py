@@ -30,11 +30,15 @@ import deqjax
 from experiments.solver_cases import CASES, deq_step, floor_step, median_times
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("cases", ["a", "b", "c"], "Which cases to run.")
-flags.DEFINE_integer("steps", 30, "Forward and backward Broyden steps K.")
-flags.DEFINE_integer("repeats", 5, "Timed repetitions (the median is reported).")
-flags.DEFINE_integer("batch_axis", 0, "Per-sample axis (-1 for one system over the whole batch).")
-flags.DEFINE_bool("run_c", False, "Also time case c (slow on a small CPU).")
+
+
+def define_flags() -> None:
+  """This script's flags; defined only when it runs, so that importing its functions defines none."""
+  flags.DEFINE_list("cases", ["a", "b", "c"], "Which cases to run.")
+  flags.DEFINE_integer("steps", 30, "Forward and backward Broyden steps K.")
+  flags.DEFINE_integer("repeats", 5, "Timed repetitions (the median is reported).")
+  flags.DEFINE_integer("batch_axis", 0, "Per-sample axis (-1 for one system over the whole batch).")
+  flags.DEFINE_bool("run_c", False, "Also time case c (slow on a small CPU).")
 
 
 def _temp_bytes(fn, args):
@@ -77,4 +81,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -23,8 +23,12 @@ import deqjax
 from experiments.solver_cases import deq_step, median_times, tanh_case
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("repeats", 3, "Turns of 5 timed runs per library (the median is reported).")
-flags.DEFINE_integer("steps", 30, "Forward and backward Broyden steps.")
+
+
+def define_flags() -> None:
+  """This script's flags; defined only when it runs, so that importing its functions defines none."""
+  flags.DEFINE_integer("repeats", 3, "Turns of 5 timed runs per library (the median is reported).")
+  flags.DEFINE_integer("steps", 30, "Forward and backward Broyden steps.")
 
 
 def main(argv):
@@ -77,4 +81,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -24,7 +24,11 @@ from experiments.configs import default
 from experiments.solver_cases import median_times
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("steps", 20, "Timed steps per model (median of alternating runs).")
+
+
+def define_flags() -> None:
+  """This script's flags; defined only when it runs, so that importing its functions defines none."""
+  flags.DEFINE_integer("steps", 20, "Timed steps per model (median of alternating runs).")
 
 
 def _runner(config, mode: str):
@@ -92,4 +96,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -22,9 +22,14 @@ from deqjax.data.copy_memory import memoryless_loss
 from experiments.model_builder import abstract_model, count_parameters
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("root", "/tmp", "Folder holding the copy_<row> workdirs.")
-flags.DEFINE_string("png", "", "Where to write the plot ('' : no plot).")
-flags.DEFINE_float("target", 1e-4, "The held-out loss a row must reach (the DEQ's target).")
+
+
+def define_flags() -> None:
+  """This script's flags; defined only when it runs, so that importing its functions defines none."""
+  flags.DEFINE_string("root", "/tmp", "Folder holding the copy_<row> workdirs.")
+  flags.DEFINE_string("png", "", "Where to write the plot ('' : no plot).")
+  flags.DEFINE_float("target", 1e-4, "The held-out loss a row must reach (the DEQ's target).")
+
 
 ROWS = ("deq_transformer", "tcn", "lstm", "gru")
 NAMES = {"deq_transformer": "DEQ-Transformer", "tcn": "TCN", "lstm": "LSTM", "gru": "GRU"}
@@ -120,4 +125,5 @@ def plot(runs: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -13,12 +13,18 @@ from ml_collections import config_flags
 
 from experiments.model_builder import abstract_model, count_parameters
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """This script's flags; defined only when it runs, so that importing its functions defines none."""
+  config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+  flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = FLAGS.config
   total, non_embedding = count_parameters(abstract_model(config))
   paper = config.get("paper", None)
   if paper is not None and "params_m" in paper:  # a WikiText-103 row
@@ -32,5 +38,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
+  define_flags()
   app.run(main)

@@ -21,14 +21,18 @@ from ml_collections import config_flags
 from experiments import train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/*.py).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events go here.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then test) or eval (the latest checkpoint).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (cluster auto-detection).")
-flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+  """This script's flags; defined only when it runs, so that importing its functions defines none."""
+  config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/*.py).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events go here.")
+  flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then test) or eval (the latest checkpoint).")
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (cluster auto-detection).")
+  flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+  flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -57,4 +61,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

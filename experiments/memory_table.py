@@ -44,11 +44,16 @@ from experiments.model_builder import abstract_model, build_model
 from experiments.solver_cases import median_times
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "results", "Folder for the PNG plot.")
-flags.DEFINE_list("rows", ["all"], "Config names of the table rows to measure, or 'all'.")
-flags.DEFINE_integer("time_steps", 3, "Timed training steps per model for the speed comparison (0: skip).")
-flags.DEFINE_integer("batch", 15, "Batch size (the paper's memory column uses 15).")
-flags.DEFINE_integer("length", 150, "Segment length and memory length (the paper uses 150).")
+
+
+def define_flags() -> None:
+  """This script's flags; defined only when it runs, so that importing its functions defines none."""
+  flags.DEFINE_string("out", "results", "Folder for the PNG plot.")
+  flags.DEFINE_list("rows", ["all"], "Config names of the table rows to measure, or 'all'.")
+  flags.DEFINE_integer("time_steps", 3, "Timed training steps per model for the speed comparison (0: skip).")
+  flags.DEFINE_integer("batch", 15, "Batch size (the paper's memory column uses 15).")
+  flags.DEFINE_integer("length", 150, "Segment length and memory length (the paper uses 150).")
+
 
 ROWS = [
   ("transformer_xl_small_4l", transformer_xl_small_4l),
@@ -208,7 +213,7 @@ def depth_sweep(batch, length, out_dir):
 def step_times(batch, length, steps):
   """Median forward + backward time of the body at the small size, DEQ against the baselines."""
   print(f"\nForward + backward step time of the body (batch {batch}, length {length}), measured side by side:")
-  runs, solver_steps = {}, {}
+  runs = {}
   for name, module in ROWS[:3]:
     config = module.get_config()
     grad, args = body_step(config, batch, length, model=build_model(config, nnx.Rngs(0)))
@@ -223,7 +228,6 @@ def step_times(batch, length, steps):
   deq = times["deq_transformer_small"]
   for name, t in times.items():
     print(f"  {name:38s} {t:8.2f} s/step   DEQ / this = {deq / t:.2f}x")
-  del solver_steps
 
 
 def main(argv):
@@ -236,4 +240,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -194,6 +194,8 @@ def setup(config: ml_collections.ConfigDict) -> tuple[Runtime, nnx.State]:
   if config.dtype not in DTYPES:
     raise ValueError(f"Unknown dtype={config.dtype!r}; expected one of {sorted(DTYPES)}.")
   architecture(config)  # unknown model fields / modes fail here, before the data is read
+  if not config.train_budget_seconds >= 0:
+    raise ValueError(f"train_budget_seconds must be >= 0 (0: no budget); got {config.train_budget_seconds}.")
   mesh = make_mesh()
   check_batch("batch_size", config.batch_size, mesh)
   check_batch("eval_batch_size", config.eval_batch_size, mesh)
@@ -207,13 +209,13 @@ def setup(config: ml_collections.ConfigDict) -> tuple[Runtime, nnx.State]:
 # ----------------------------------------------------------------------------- steps
 
 
-def model_forward(rt: Runtime, params, tokens, targets, memory, *, key, mode, probe=None, jac_key=None):
-  """The model's output for one segment (DEQ models: `mode` "deq" or "pretrain")."""
+def model_forward(rt: Runtime, params, tokens, targets, memory, *, key, mode, probe=None, jac_key=None, **solver):
+  """The model's output for one segment (DEQ models: `mode` "deq" or "pretrain"; `solver`: `fixed_point` options)."""
   model = nnx.merge(rt.graphdef, params, rt.rest)
   dtype = DTYPES[rt.config.dtype]
   if not rt.is_deq:
     return model(tokens, targets, memory, dropout_key=key, dtype=dtype)
-  extra = {} if probe is None else {"backward_probe": probe}
+  extra = solver if probe is None else {"backward_probe": probe, **solver}
   return model(tokens, targets, memory, dropout_key=key, mode=mode, dtype=dtype, jac_key=jac_key, **extra)
 
 
@@ -273,9 +275,9 @@ def _same_shapes(a, b) -> bool:
   )
 
 
-def eval_step(rt: Runtime, mode: str, params, memory, tokens, targets):
-  """(summed NLL, new memory) of one evaluation segment (no dropout)."""
-  out = model_forward(rt, params, tokens, targets, memory, key=None, mode=mode)
+def eval_step(rt: Runtime, mode: str, params, memory, tokens, targets, **solver):
+  """(summed NLL, new memory) of one evaluation segment (no dropout; `solver`: `fixed_point` overrides)."""
+  out = model_forward(rt, params, tokens, targets, memory, key=None, mode=mode, **solver)
   return jnp.sum(out.nll.astype(jnp.float32)), out.memory
 
 
@@ -342,17 +344,18 @@ def eval_runtime(rt: Runtime) -> Runtime:
   return rt.cache["eval_runtime"]
 
 
-def evaluate_split(rt: Runtime, params, split: str, max_segments: int, mode: str) -> float:
+def evaluate_split(rt: Runtime, params, split: str, max_segments: int, mode: str, **solver) -> float:
   """Memory-cached perplexity: eval_batch_size ordered streams, segments of eval_tgt_len, memory carried.
 
   `mode` is the model mode trained last ("deq", "pretrain" or "layers"); max_segments 0 reads all.
+  `solver`: `fixed_point` options overriding the config's for DEQ models (e.g. max_iter=8).
   """
   c = rt.config
   eval_rt = eval_runtime(rt)
   stream = OrderedLMStream(
     rt.task.data.splits[split], c.eval_batch_size, c.eval_tgt_len, rows=local_rows(c.eval_batch_size)
   )
-  step = rt.jitted(("eval", mode), functools.partial(eval_step, eval_rt, mode))
+  step = rt.jitted(("eval", mode, *sorted(solver.items())), functools.partial(eval_step, eval_rt, mode, **solver))
   memory = init_memory(eval_rt, params, c.eval_batch_size)
   total, count = 0.0, 0
   for k, (inputs, targets) in enumerate(stream.eval_segments()):
@@ -451,6 +454,11 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def over_budget(config, progress: Progress) -> bool:
+  """Whether the run has spent its wall-clock training budget (`train_budget_seconds`; 0: unlimited)."""
+  return 0 < config.train_budget_seconds <= progress.train_seconds
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> float | None:
   """Trains (resuming from `workdir`), validates every eval_every_steps, returns the task's test result.
 
@@ -468,7 +476,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> float
   writer = MetricsWriter(workdir, c.num_train_steps, rt.task.tokens_per_step, start_step=progress.step)
   consecutive = 0
   with _SigtermFlag() as sigterm:
-    while progress.step < c.num_train_steps:
+    while progress.step < c.num_train_steps and not over_budget(c, progress):
       mode = model_mode(c, progress.step)
       inputs, targets = rt.task.train_batch(progress.step)
       started = time.perf_counter()
@@ -487,11 +495,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> float
           f" stopping. The last checkpoint ({manager.latest_step()}) holds the last good parameters."
         )
       writer.add(StepMetrics(step, mode, metrics, rt.task.epoch(step - 1), progress.nonfinite_total))
-      if step % c.log_every_steps == 0 or step == c.num_train_steps:
+      last = step == c.num_train_steps or over_budget(c, progress)
+      if step % c.log_every_steps == 0 or last:
         writer.flush(step, train_seconds=progress.train_seconds)
-      if c.eval_every_steps and step % c.eval_every_steps == 0 and step < c.num_train_steps:
+      if c.eval_every_steps and step % c.eval_every_steps == 0 and not last:
         writer.scalars(step, {**rt.task.validate(rt, params, mode), "train_seconds": progress.train_seconds})
-      if step % c.checkpoint_every_steps == 0 or step == c.num_train_steps:
+      if step % c.checkpoint_every_steps == 0 or last:
         save_checkpoint(manager, rt, progress, params, opt_state, memory)
       if sigterm.raised:
         if manager.latest_step() != step:
@@ -506,8 +515,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> float
   return result
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> float:
-  """The task's test result for the workdir's latest checkpoint (LM: eval_tgt_len, eval_mem_len apply)."""
+def restore_trained(config: ml_collections.ConfigDict, workdir: str) -> tuple[Runtime, nnx.State, str]:
+  """(runtime, parameters of the workdir's latest checkpoint, the model mode they were trained in last)."""
   rt, params = setup(config)
   opt_state = jax.eval_shape(rt.optimizer.init, params)
   opt_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rt.replicated), opt_state)
@@ -516,4 +525,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> float:
     raise FileNotFoundError(f"No checkpoint under {manager.directory}; train first (--mode=train).")
   memory = init_memory(rt, params, rt.config.batch_size)
   progress, params, _, _ = restore_checkpoint(manager, rt, params, opt_state, memory)
-  return rt.task.test(rt, params, model_mode(rt.config, max(progress.step - 1, 0)))
+  return rt, params, model_mode(rt.config, max(progress.step - 1, 0))
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> float:
+  """The task's test result for the workdir's latest checkpoint (LM: eval_tgt_len, eval_mem_len apply)."""
+  rt, params, mode = restore_trained(config, workdir)
+  return rt.task.test(rt, params, mode)

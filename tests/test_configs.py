@@ -17,7 +17,7 @@ from experiments.model_builder import abstract_model, architecture, count_parame
 CONFIGS = sorted(  # the WikiText-103 rows
   p.stem
   for p in pathlib.Path("experiments/configs").glob("*.py")
-  if p.stem not in ("__init__", "wt103", "training", "default") and not p.stem.startswith("copy_memory")
+  if p.stem not in ("__init__", "wt103", "training", "default") and not p.stem.startswith(("copy_memory", "wt2"))
 )
 # The reference's shipped models, and the 70-layer TrellisNet, which is the DEQ-TrellisNet's cell unrolled.
 SHIPPED = {"deq_transformer_medium_adaptive": 97_691_888, "deq_trellisnet": 174_168_738, "trellisnet_70l": 174_168_738}
@@ -93,3 +93,19 @@ def test_memory_table_measures_depth_independence_of_the_deq():
   assert abs(deq[1] / deq[0] - 1) < 0.05
   tied_16 = mt.step_memory(mt.transformer_xl_small_tied_16l.get_config(), 4, 32)["total"]
   assert deq[0] < 0.5 * tied_16
+
+
+def test_every_experiments_module_imports_alongside_the_others():
+  """Scripts define their absl flags only when run: importing all of them in one process (as the tests
+  and other scripts do) raises no DuplicateFlagError (e.g. --root in both table scripts), and defines none."""
+  from absl import flags
+
+  scripts = []
+  for path in sorted(pathlib.Path("experiments").glob("*.py")):
+    module = importlib.import_module(f"experiments.{path.stem}")
+    if hasattr(module, "main"):
+      scripts.append(path.stem)
+      assert callable(module.define_flags), path.stem
+  defining = [name for name in flags.FLAGS.flags_by_module_dict() if "experiments" in name]
+  assert defining == []
+  assert {"main", "results_table", "copy_memory_table", "solver_analysis", "memory_table"} <= set(scripts)

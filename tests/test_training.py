@@ -1,6 +1,7 @@
 """End-to-end training on the bundled WikiText-2 sample: learning, exact resume, devices, bad inputs."""
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -53,6 +54,35 @@ def test_training_lowers_the_loss(tfds_dir, tmp_path, capsys):
   config.eval_mem_len = 48
   longer = train.evaluate(config, str(tmp_path))
   assert longer != test_ppl and abs(np.log(longer / test_ppl)) < 0.2
+  _check_solver_overrides_at_evaluation(config, tmp_path, test_ppl)
+
+
+def _check_solver_overrides_at_evaluation(config, workdir, test_ppl):
+  from experiments import solver_analysis
+
+  config.eval_mem_len = -1
+  rt, params, mode = train.restore_trained(config, str(workdir))
+  assert mode == "deq"
+  # The config's own cap passed as an override is the same evaluation; a cap of 1 step is a different one.
+  assert train.evaluate_split(rt, params, "test", 0, mode, max_iter=config.model.f_max_iter) == test_ppl
+  assert train.evaluate_split(rt, params, "test", 0, mode, max_iter=1) != test_ppl
+  curves = solver_analysis.residual_curves(rt, params, mode, iters=6, warm_segments=1)
+  for name, curve in curves.items():
+    assert curve.shape == (7,) and curve[0] == 1.0, name  # relative to the initial residual
+  assert curves["Broyden"][-1] < 0.5  # six quasi-Newton steps at least halve the residual
+
+
+def test_wall_clock_budget_stops_training_then_tests(tfds_dir, tmp_path):
+  # Any positive budget below one step's time: the run stops after its first step, saves, and tests.
+  config = tiny_config(tfds_dir, num_train_steps=50, pretrain_steps=0, train_budget_seconds=1e-6, eval_every_steps=0)
+  test_ppl = train.train_and_evaluate(config, str(tmp_path))
+  assert ocp.CheckpointManager(str(tmp_path / "checkpoints")).latest_step() == 1
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [1, 1]  # the flushed step, then the test result
+  assert records[-1]["test_ppl"] == test_ppl and records[-1]["train_seconds"] > 0
+  assert train.train_and_evaluate(config, str(tmp_path)) == test_ppl  # resuming: nothing left to train
+  with pytest.raises(ValueError, match="train_budget_seconds must be >= 0"):
+    train.setup(tiny_config(tfds_dir, train_budget_seconds=-1.0))
 
 
 def _run_main(workdir, tfds_dir, *extra):

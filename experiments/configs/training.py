@@ -36,6 +36,7 @@ COMMON = dict(
   learning_rate=1e-3,
   warmup_steps=0,
   num_train_steps=1000,
+  train_budget_seconds=0.0,
   grad_clip=0.25,
   weight_decay=0.0,
   pretrain_steps=0,
@@ -64,6 +65,8 @@ def add_training(config: ml_collections.ConfigDict, dataset: str, **values) -> m
       test always reads all.
     learning_rate, warmup_steps, num_train_steps, grad_clip, weight_decay: AdamW, linear warmup then
       cosine to 0 at num_train_steps, global-norm clipping.
+    train_budget_seconds: stop training (then test) once the training steps have taken this much
+      wall-clock time, summed over resumed runs (0: no budget; num_train_steps still caps).
     pretrain_steps: DEQ models train the unrolled weight-tied cell (pretrain_depth layers) first.
     jac_reg: weight gamma of the Jacobian penalty ||df/dz||_F^2 / n (0: off).
     dtype: compute dtype of the cell ("float32" or "bfloat16").
