@@ -24,6 +24,7 @@ import statistics
 
 from absl import app, flags
 
+from experiments import train
 from experiments.memory_table import step_memory
 from experiments.model_builder import abstract_model, count_parameters
 
@@ -67,15 +68,10 @@ def read_run(workdir: str) -> dict | None:
   }
 
 
-def main_mode(config) -> str:
-  """The mode a row is judged by: DEQ rows' solver phase (after pretraining), the others' only mode."""
-  return {"deq": "deq", "unrolled": "pretrain", "layers": "layers"}[config.mode]
-
-
 def summarize(config, run: dict) -> dict:
   """Test perplexity, steps, training seconds, median s/step of the main phase and its tokens/s."""
   last = run["test"] or (run["evals"][-1] if run["evals"] else run["train"][-1])
-  main = [r["s_per_step"] for r in run["train"] if r["mode"] == main_mode(config)]
+  main = [r["s_per_step"] for r in run["train"] if r["mode"] == train.main_mode(config)]
   s_per_step = statistics.median(main) if main else float("nan")
   return {
     "test_ppl": run["test"]["test_ppl"] if run["test"] else None,

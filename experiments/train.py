@@ -147,7 +147,7 @@ class Runtime:
   """Everything that stays fixed during a run."""
 
   config: ml_collections.ConfigDict
-  task: Task
+  task: Task | None  # None: training steps on synthetic tokens (experiments.bench_synthetic)
   graphdef: nnx.GraphDef
   rest: nnx.State
   optimizer: optax.GradientTransformation
@@ -191,15 +191,25 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 def setup(config: ml_collections.ConfigDict) -> tuple[Runtime, nnx.State]:
   """(runtime, initial parameters) for `config`; the config is checked first."""
+  check_config(config)
+  mesh = make_mesh()
+  check_batch("batch_size", config.batch_size, mesh)
+  check_batch("eval_batch_size", config.eval_batch_size, mesh)
+  task, config = task_class(config).create(config)
+  return build_runtime(config, task, mesh)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Errors on fields that would fail later (dtype, model fields and mode, budget), before any data is read."""
   if config.dtype not in DTYPES:
     raise ValueError(f"Unknown dtype={config.dtype!r}; expected one of {sorted(DTYPES)}.")
   architecture(config)  # unknown model fields / modes fail here, before the data is read
   if not config.train_budget_seconds >= 0:
     raise ValueError(f"train_budget_seconds must be >= 0 (0: no budget); got {config.train_budget_seconds}.")
-  mesh = make_mesh()
-  check_batch("batch_size", config.batch_size, mesh)
-  check_batch("eval_batch_size", config.eval_batch_size, mesh)
-  task, config = task_class(config).create(config)
+
+
+def build_runtime(config: ml_collections.ConfigDict, task: Task | None, mesh) -> tuple[Runtime, nnx.State]:
+  """(runtime, initial parameters, replicated) of a resolved config; `task` None for steps on synthetic tokens."""
   model = build_model(config, nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   runtime = Runtime(config, task, graphdef, rest, make_optimizer(config), mesh)
@@ -217,6 +227,11 @@ def model_forward(rt: Runtime, params, tokens, targets, memory, *, key, mode, pr
     return model(tokens, targets, memory, dropout_key=key, dtype=dtype)
   extra = solver if probe is None else {"backward_probe": probe, **solver}
   return model(tokens, targets, memory, dropout_key=key, mode=mode, dtype=dtype, jac_key=jac_key, **extra)
+
+
+def main_mode(config) -> str:
+  """The mode a run is judged by: DEQ runs' solver phase (after pretraining), the others' only mode."""
+  return {"deq": "deq", "unrolled": "pretrain", "layers": "layers"}[config.mode]
 
 
 def model_mode(config, step: int) -> str:
