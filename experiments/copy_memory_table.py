@@ -13,13 +13,14 @@ listed as not run.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 
 from absl import app, flags
 
 from deqjax.data.copy_memory import memoryless_loss
+from experiments import plots
 from experiments.model_builder import abstract_model, count_parameters
+from experiments.train_metrics import read_metrics
 
 FLAGS = flags.FLAGS
 
@@ -38,15 +39,7 @@ WORKDIRS = {"deq_transformer": "copy_deq", "tcn": "copy_tcn", "lstm": "copy_lstm
 
 def read_run(workdir: str) -> dict | None:
   """Training records, evaluation records and the final test loss of one workdir (None: no metrics)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return None
-  records = [json.loads(line) for line in open(path, encoding="utf-8")]
-  return {
-    "train": [r for r in records if "loss" in r],
-    "evals": [r for r in records if "heldout_loss" in r],
-    "test": next((r for r in reversed(records) if "test_loss" in r), None),
-  }
+  return read_metrics(workdir, "heldout_loss", "test_loss")
 
 
 def row_summary(run: dict, target: float) -> dict:
@@ -96,12 +89,7 @@ def main(argv):
 
 
 def plot(runs: dict, path: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, (ax_loss, ax_solver) = plt.subplots(1, 2, figsize=(10, 3.6))
+  fig, (ax_loss, ax_solver) = plots.subplots(1, 2, figsize=(10, 3.6))
   for row, run in runs.items():
     hours = [e["train_seconds"] / 3600 for e in run["evals"]]
     ax_loss.plot(hours, [e["heldout_loss"] for e in run["evals"]], marker=".", label=NAMES[row])
@@ -120,8 +108,7 @@ def plot(runs: dict, path: str) -> None:
     ax_solver.set(xlabel="training step", ylabel="solver steps", title="DEQ-Transformer solver")
     ax_solver.legend(fontsize=8, loc="lower left")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=80)
+  plots.save(fig, path)
 
 
 if __name__ == "__main__":

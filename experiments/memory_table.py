@@ -29,6 +29,7 @@ from absl import app, flags
 from flax import nnx
 
 from deqjax.models import Memory, TrellisMemory
+from experiments import plots
 from experiments.configs import (
   deq_transformer_medium,
   deq_transformer_medium_adaptive,
@@ -188,13 +189,7 @@ def depth_sweep(batch, length, out_dir):
     print(f"{row[0]:4d} {row[1] / GB:15.2f} {row[2] / GB:20.2f} {row[3] / GB:17.2f}")
   spread = max(deq_fixed) / min(deq_fixed) - 1
   print(f"  DEQ (history 8) varies by {100 * spread:.1f}% from L = 8 to 64 (target: flat within 5%)")
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  os.makedirs(out_dir, exist_ok=True)
-  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  fig, ax = plots.subplots(figsize=(5, 3.5), dpi=120)
   ax.plot(depths, [t / GB for t in tied], "o-", label="weight-tied, unrolled L layers")
   ax.plot(depths, [d / GB for d in deq_full], "s--", label="DEQ, L solver steps, full Broyden history")
   ax.plot(depths, [d / GB for d in deq_fixed], "^-", label="DEQ, L solver steps, history 8")
@@ -206,7 +201,7 @@ def depth_sweep(batch, length, out_dir):
   ax.legend(fontsize=7)
   fig.tight_layout()
   path = os.path.join(out_dir, "memory_vs_depth.png")
-  fig.savefig(path)
+  plots.save(fig, path, dpi=120)
   print(f"  plot: {path}")
 
 

@@ -18,15 +18,15 @@ Rows without a workdir are listed as not run.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import statistics
 
 from absl import app, flags
 
-from experiments import train
+from experiments import plots, train
 from experiments.memory_table import step_memory
 from experiments.model_builder import abstract_model, count_parameters
+from experiments.train_metrics import read_metrics
 
 FLAGS = flags.FLAGS
 
@@ -57,15 +57,7 @@ GB = 1e9
 
 def read_run(workdir: str) -> dict | None:
   """Training records, validation records and the test record of one workdir (None: no metrics)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return None
-  records = [json.loads(line) for line in open(path, encoding="utf-8")]
-  return {
-    "train": [r for r in records if "loss" in r],
-    "evals": [r for r in records if "valid_ppl" in r],
-    "test": next((r for r in reversed(records) if "test_ppl" in r), None),
-  }
+  return read_metrics(workdir, "valid_ppl", "test_ppl")
 
 
 def summarize(config, run: dict) -> dict:
@@ -151,12 +143,7 @@ def print_comparisons(table: dict) -> None:
 
 
 def plot(runs: dict, path: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, (ax_ppl, ax_steps, ax_res) = plt.subplots(1, 3, figsize=(13, 3.6))
+  fig, (ax_ppl, ax_steps, ax_res) = plots.subplots(1, 3, figsize=(13, 3.6))
   for row, run in runs.items():
     minutes = [e["train_seconds"] / 60 for e in run["evals"]]
     ax_ppl.plot(minutes, [e["valid_ppl"] for e in run["evals"]], marker=".", label=NAMES[row])
@@ -178,8 +165,7 @@ def plot(runs: dict, path: str) -> None:
     ax.title.set_fontsize(10)
     ax.legend(fontsize=7)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=80)
+  plots.save(fig, path)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from absl import app, flags
 
 import deqjax
 from deqjax.data import OrderedLMStream
-from experiments import train
+from experiments import plots, train
 from experiments.results_table import NAMES
 
 FLAGS = flags.FLAGS
@@ -100,13 +100,7 @@ def main(argv):
 
 
 def plot(curves: dict, ppls: dict, caps: list[int], out: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  os.makedirs(out, exist_ok=True)
-  fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.5), squeeze=False)
+  fig, axes = plots.subplots(1, len(curves), figsize=(5 * len(curves), 3.5), squeeze=False)
   for ax, (row, by_solver) in zip(axes[0], curves.items(), strict=True):
     for name, curve in by_solver.items():
       ax.plot(np.arange(len(curve)), curve, label=name)
@@ -114,15 +108,15 @@ def plot(curves: dict, ppls: dict, caps: list[int], out: str) -> None:
     ax.set_title(f"{NAMES[row]} (trained), one test segment", fontsize=10)
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(os.path.join(out, "solver_residuals.png"), dpi=80)
-  fig, ax = plt.subplots(figsize=(5, 3.5))
+  plots.save(fig, os.path.join(out, "solver_residuals.png"))
+  fig, ax = plots.subplots(figsize=(5, 3.5))
   for row, values in ppls.items():
     ax.plot(caps, values, marker="o", label=NAMES[row])
   ax.set(xlabel="forward Broyden cap at evaluation", ylabel="test perplexity", yscale="log")
   ax.set_title("Perplexity against the solver cap (trained with cap 16)", fontsize=10)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(os.path.join(out, "ppl_vs_cap.png"), dpi=80)
+  plots.save(fig, os.path.join(out, "ppl_vs_cap.png"))
   print(f"wrote {out}/solver_residuals.png and {out}/ppl_vs_cap.png")
 
 

@@ -105,3 +105,18 @@ def _progress_line(record: dict, num_steps: int, seconds_per_step: float) -> str
 def _duration(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def read_metrics(workdir: str, eval_key: str, test_key: str) -> dict | None:
+  """A workdir's metrics.jsonl split into training records, evaluations (records with `eval_key`) and
+  the last record with `test_key` (None if the run has not tested); None when there is no metrics file."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as lines:
+    records = [json.loads(line) for line in lines]
+  return {
+    "train": [r for r in records if "loss" in r],
+    "evals": [r for r in records if eval_key in r],
+    "test": next((r for r in reversed(records) if test_key in r), None),
+  }

@@ -63,3 +63,18 @@ def test_summary_reads_the_main_phase_and_the_test_result(tmp_path):
   assert running["test_ppl"] is None and running["steps"] == 25 and running["s_per_step"] == 0.2
   assert results_table.read_run(str(tmp_path / "wt2_missing")) is None
   assert math.isclose(running["tokens_per_s"], 512 / 0.2)
+
+
+def test_training_plot_is_written_at_its_size(tmp_path):
+  records = [
+    {"step": 50, "mode": "deq", "loss": 6.5, "s_per_step": 0.3, "f_steps": 7.0, "b_steps": 6.0}
+    | {"f_residual": 6e-4, "b_residual": 5e-4},
+    {"step": 100, "valid_ppl": 410.0, "train_seconds": 31.0},
+  ]
+  _write_run(tmp_path / "wt2_deq_transformer", records)
+  path = tmp_path / "new_folder" / "training.png"  # the folder is made
+  results_table.plot({"deq_transformer": results_table.read_run(str(tmp_path / "wt2_deq_transformer"))}, str(path))
+  header = path.read_bytes()[:24]
+  assert header[:8] == b"\x89PNG\r\n\x1a\n"
+  width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+  assert (width, height) == (13 * 80, round(3.6 * 80))  # figsize x 80 dpi: small enough for the repository
