@@ -7,8 +7,9 @@ the config's model is built as for training (its `n_token`, batch, segment lengt
 solver settings; override any with `--config.a.b=value`), and `--steps` jitted training steps
 (parameters and optimizer state donated, as in training) run on uniform random tokens in the
 row's main mode: the solver phase for DEQ rows, the unrolled weight-tied cell for `unrolled`
-rows, the layers otherwise. Two untimed steps come first: compilation, and filling the recurrent
-memory to its full length. Printed: median ms / step and tokens / s; the first step's loss beside
+rows, the layers otherwise. Two untimed steps come first: one from the empty recurrent memory
+(which fills it), then the steady-state step, compiled once ahead of time; the memory estimate
+is that compilation's. Printed: median ms / step and tokens / s; the first step's loss beside
 what an untrained model scores on uniform tokens (`uniform_softmax_loss`: ln n_token for a full
 softmax, more for an adaptive one); the solver steps and residuals
 (DEQ); the device's peak memory where the backend reports one (GPU, TPU) and XLA's compiled
@@ -87,19 +88,20 @@ def run_synthetic(config, steps: int, seed: int = 0) -> dict:
     return (train.to_global(a, rt.batch_sharding, config.batch_size) for a in (x, y))
 
   update = jax.jit(functools.partial(train.train_step, rt, mode), donate_argnums=(0, 1))
-  x, y = batch()
-  compiled = update.lower(params, opt_state, memory, x, y, 0).compile().memory_analysis()
-  compiled_bytes = None
-  if compiled is not None:
-    compiled_bytes = (
-      compiled.temp_size_in_bytes
-      + compiled.argument_size_in_bytes
-      + compiled.output_size_in_bytes
-      - compiled.alias_size_in_bytes
-    )
-  params, opt_state, memory, metrics = update(params, opt_state, memory, x, y, 0)  # compiles (empty memory)
+  params, opt_state, memory, metrics = update(params, opt_state, memory, *batch(), 0)  # empty memory -> full
   first_loss = float(metrics["loss"])
-  params, opt_state, memory, metrics = update(params, opt_state, memory, *batch(), 1)  # full-length memory
+  x, y = batch()
+  update = update.lower(params, opt_state, memory, x, y, 1).compile()  # the steady-state step, compiled once
+  analysis = update.memory_analysis()
+  compiled_bytes = None
+  if analysis is not None:
+    compiled_bytes = (
+      analysis.temp_size_in_bytes
+      + analysis.argument_size_in_bytes
+      + analysis.output_size_in_bytes
+      - analysis.alias_size_in_bytes
+    )
+  params, opt_state, memory, metrics = update(params, opt_state, memory, x, y, 1)  # untimed warm-up
   jax.block_until_ready(metrics)
   times = []
   for step in range(steps):

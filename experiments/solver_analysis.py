@@ -52,6 +52,7 @@ SOLVERS = {
 
 def residual_curves(rt, params, mode: str, iters: int, warm_segments: int) -> dict[str, np.ndarray]:
   """Per solver: `[iters + 1]` median relative residual ||f(z_k) - z_k|| / ||f(z_0) - z_0|| on one test segment."""
+  rt = train.eval_runtime(rt)  # eval_mem_len, as in evaluate_split
   c = rt.config
   stream = OrderedLMStream(rt.task.data.splits["test"], c.eval_batch_size, c.eval_tgt_len)
   segments = stream.eval_segments()

@@ -231,7 +231,7 @@ def model_forward(rt: Runtime, params, tokens, targets, memory, *, key, mode, pr
 
 def main_mode(config) -> str:
   """The mode a run is judged by: DEQ runs' solver phase (after pretraining), the others' only mode."""
-  return {"deq": "deq", "unrolled": "pretrain", "layers": "layers"}[config.mode]
+  return model_mode(config, config.pretrain_steps)
 
 
 def model_mode(config, step: int) -> str:
