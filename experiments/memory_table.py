@@ -172,6 +172,21 @@ def memory_table(rows, batch, length):
       paper = 100 * (1 - ROWS_PAPER[deq] / ROWS_PAPER[base])
       line = f"  {deq} vs {base}: {full:.1f}% / {short:.1f}% less memory (paper {paper:.1f}%"
       print(line + (f"; target >= {target}%)" if target else ")"))
+  if ("transformer_xl_small_tied_16l", "config") in results:
+    one_layer_floor(results[("transformer_xl_small_tied_16l", "config")], batch, length)
+
+
+def one_layer_floor(tied_16l_bytes, batch, length):
+  """Prints the memory of ONE unrolled layer of the small cell: a floor for any method that backprops one layer.
+
+  A DEQ step stores at least one linearised layer (for the implicit backward) and runs that
+  layer's backward pass, so no DEQ (or any other one-layer-backprop method) can save more than
+  1 - floor / tied-16-layer here, whatever its solver.
+  """
+  floor = step_memory(with_depth(deq_transformer_small.get_config(), "unrolled", 1), batch, length)["total"]
+  best = 100 * (1 - floor / tied_16l_bytes)
+  print(f"  floor: one unrolled layer of the small cell takes {floor / GB:.2f} GB, so at most {best:.1f}% less")
+  print("         than the weight-tied 16 layers is reachable by any method that backprops one layer")
 
 
 def depth_sweep(batch, length, out_dir):

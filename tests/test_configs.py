@@ -95,6 +95,20 @@ def test_memory_table_measures_depth_independence_of_the_deq():
   assert deq[0] < 0.5 * tied_16
 
 
+def test_deq_step_costs_one_unrolled_layer_plus_its_broyden_buffers():
+  # The DEQ stores one linearised layer and runs its backward pass, so one unrolled layer is its
+  # floor; above it sit the Broyden buffers (2 vectors per kept update) and a few solver vectors.
+  from experiments import memory_table as mt
+
+  base = mt.deq_transformer_small.get_config()
+  batch, length = 4, 32
+  floor = mt.step_memory(mt.with_depth(base, "unrolled", 1), batch, length)["total"]
+  vector = batch * length * base.model.d_model * 4  # one float32 state
+  for history in (1, 8):
+    extra = (mt.deq_memory(mt.with_depth(base, "deq", 8), batch, length, history) - floor) / vector
+    assert 2 * history <= extra <= 2 * history + 6, (history, extra)
+
+
 def test_every_experiments_module_imports_alongside_the_others():
   """Scripts define their absl flags only when run: importing all of them in one process (as the tests
   and other scripts do) raises no DuplicateFlagError (e.g. --root in both table scripts), and defines none."""

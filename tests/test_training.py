@@ -236,26 +236,46 @@ def test_resume_with_another_seed_or_vocabulary_fails(tfds_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+def _one_deq_update(tfds_dir, step, **fields):
+  """(parameter updates, metrics) of DEQ training step `step` of the tiny config with `fields`."""
+  config = tiny_config(tfds_dir, pretrain_steps=0, warmup_steps=0, **fields)
+  rt, params = train.setup(config)
+  before = jax.tree.leaves(params)
+  memory = train.init_memory(rt, params, config.batch_size)
+  x, y = (
+    jax.device_put(a, rt.batch_sharding) for a in train.OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0)
+  )
+  new_params, _, _, metrics = jax.jit(functools.partial(train.train_step, rt, "deq"))(
+    params, rt.optimizer.init(params), memory, x, y, step
+  )
+  updates = [np.asarray(a) - np.asarray(b) for a, b in zip(jax.tree.leaves(new_params), before, strict=True)]
+  return updates, metrics
+
+
+def _max_difference(a, b) -> float:
+  return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b, strict=True))
+
+
 def test_jacobian_penalty_enters_the_update(tfds_dir):
-  updates = {}
-  for gamma in (0.0, 5.0):
-    config = tiny_config(tfds_dir, pretrain_steps=0, warmup_steps=0, jac_reg=gamma)
-    rt, params = train.setup(config)
-    before = jax.tree.leaves(params)
-    memory = train.init_memory(rt, params, config.batch_size)
-    x, y = (
-      jax.device_put(a, rt.batch_sharding)
-      for a in train.OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0)
-    )
-    new_params, _, _, metrics = jax.jit(functools.partial(train.train_step, rt, "deq"))(
-      params, rt.optimizer.init(params), memory, x, y, 0
-    )
-    updates[gamma] = [np.asarray(a) - np.asarray(b) for a, b in zip(jax.tree.leaves(new_params), before, strict=True)]
-    if gamma:
-      # Hutchinson estimate of ||df/dz||_F^2 / n: positive, and below the contraction-free bound of
-      # a post-LayerNorm cell at initialisation (an exploding estimate would mean a wiring error).
-      assert 0.0 < float(metrics["jac_loss"]) < 10.0
-    else:
-      assert "jac_loss" not in metrics
-  changed = max(float(np.max(np.abs(a - b))) for a, b in zip(updates[0.0], updates[5.0], strict=True))
-  assert changed > 1e-6
+  plain, metrics = _one_deq_update(tfds_dir, 0, jac_reg=0.0)
+  assert "jac_loss" not in metrics
+  penalised, metrics = _one_deq_update(tfds_dir, 0, jac_reg=5.0)
+  # Hutchinson estimate of ||df/dz||_F^2 / n: positive, and below the contraction-free bound of
+  # a post-LayerNorm cell at initialisation (an exploding estimate would mean a wiring error).
+  assert 0.0 < float(metrics["jac_loss"]) < 10.0
+  assert _max_difference(plain, penalised) > 1e-6
+
+
+def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
+  # Step 3 lies past jac_reg_until_step = 2: the update is that of the constant weight jac_reg_after.
+  switched_off, _ = _one_deq_update(tfds_dir, 3, jac_reg=5.0, jac_reg_until_step=2, jac_reg_after=0.0)
+  plain, _ = _one_deq_update(tfds_dir, 3, jac_reg=0.0)
+  assert _max_difference(switched_off, plain) < 1e-7
+  switched_on, _ = _one_deq_update(tfds_dir, 3, jac_reg=0.0, jac_reg_until_step=2, jac_reg_after=5.0)
+  constant, _ = _one_deq_update(tfds_dir, 3, jac_reg=5.0)
+  assert _max_difference(switched_on, constant) < 1e-7
+  assert _max_difference(switched_on, plain) > 1e-6
+  config = tiny_config(tfds_dir, jac_reg=0.5, jac_reg_until_step=100, jac_reg_after=0.05)
+  assert [float(train.jac_reg_weight(config, s)) for s in (0, 99, 100, 500)] == pytest.approx([0.5, 0.5, 0.05, 0.05])
+  with pytest.raises(ValueError, match=r"jac_reg_after=-0.1"):
+    train.check_config(tiny_config(tfds_dir, jac_reg_after=-0.1))

@@ -41,6 +41,8 @@ COMMON = dict(
   weight_decay=0.0,
   pretrain_steps=0,
   jac_reg=0.0,
+  jac_reg_until_step=0,
+  jac_reg_after=0.0,
   dtype="float32",
   log_every_steps=50,
   eval_every_steps=1000,
@@ -69,6 +71,8 @@ def add_training(config: ml_collections.ConfigDict, dataset: str, **values) -> m
       wall-clock time, summed over resumed runs (0: no budget; num_train_steps still caps).
     pretrain_steps: DEQ models train the unrolled weight-tied cell (pretrain_depth layers) first.
     jac_reg: weight gamma of the Jacobian penalty ||df/dz||_F^2 / n (0: off).
+    jac_reg_until_step, jac_reg_after: from step jac_reg_until_step on, gamma is jac_reg_after
+      (jac_reg_until_step 0: jac_reg for the whole run).
     dtype: compute dtype of the cell ("float32" or "bfloat16").
     log_every_steps, eval_every_steps, checkpoint_every_steps, keep_checkpoints: bookkeeping.
     max_nonfinite_steps: consecutive skipped (non-finite) steps after which the run stops.
