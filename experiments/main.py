@@ -57,7 +57,7 @@ def main(argv):
     print(f"error: {error}", file=sys.stderr, flush=True)
     sys.exit(1)
   if jax.process_index() == 0:
-    print(f"{name}={result!r}", flush=True)
+    print(f"{name}={float(result)!r}", flush=True)
 
 
 if __name__ == "__main__":

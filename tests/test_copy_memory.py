@@ -175,7 +175,8 @@ def test_main_prints_the_test_loss_and_rejects_a_wrong_vocabulary(tmp_path):
   flags = [f"--config.{k}={v}" for k, v in SMOKE.items()] + ["--config.data.T=20", "--config.data.heldout_size=16"]
   command = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/copy_memory_tcn.py"]
   out = subprocess.run([*command, f"--workdir={tmp_path}", *flags], capture_output=True, text=True, check=True).stdout
-  assert out.strip().splitlines()[-1].startswith("test_loss=")
+  name, value = out.strip().splitlines()[-1].split("=")
+  assert name == "test_loss" and 0 < float(value) < 10  # a plain float, not a numpy repr
   bad = subprocess.run(
     [*command, f"--workdir={tmp_path / 'b'}", *flags, "--config.model.n_token=12"], capture_output=True, text=True
   )
