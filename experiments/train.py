@@ -204,10 +204,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.dtype not in DTYPES:
     raise ValueError(f"Unknown dtype={config.dtype!r}; expected one of {sorted(DTYPES)}.")
   architecture(config)  # unknown model fields / modes fail here, before the data is read
-  if not (config.jac_reg >= 0 and config.jac_reg_after >= 0 and config.jac_reg_until_step >= 0):
+  weights = ("jac_reg", "jac_reg_after", "jac_reg_until_step", "pretrain_jac_reg")
+  if not all(config[name] >= 0 for name in weights):
     raise ValueError(
-      "jac_reg, jac_reg_after and jac_reg_until_step must be >= 0; got "
-      f"jac_reg={config.jac_reg}, jac_reg_after={config.jac_reg_after}, jac_reg_until_step={config.jac_reg_until_step}."
+      "jac_reg, jac_reg_after, jac_reg_until_step and pretrain_jac_reg must be >= 0; got "
+      + ", ".join(f"{name}={config[name]}" for name in weights)
+      + "."
     )
   if not config.train_budget_seconds >= 0:
     raise ValueError(f"train_budget_seconds must be >= 0 (0: no budget); got {config.train_budget_seconds}.")
@@ -248,13 +250,20 @@ def model_mode(config, step: int) -> str:
   return "deq"
 
 
-def uses_jac_reg(config) -> bool:
-  """Whether the DEQ phase computes the Jacobian penalty at all (its weight is positive at some step)."""
-  return config.jac_reg > 0 or (config.jac_reg_until_step > 0 and config.jac_reg_after > 0)
+def uses_jac_reg(config, mode: str = "deq") -> bool:
+  """Whether steps of model mode `mode` compute the Jacobian penalty (its weight is positive at some step)."""
+  if mode == "pretrain":
+    return config.pretrain_jac_reg > 0
+  return mode == "deq" and (config.jac_reg > 0 or (config.jac_reg_until_step > 0 and config.jac_reg_after > 0))
 
 
-def jac_reg_weight(config, step) -> jax.Array:
-  """gamma at training step `step` (traced or not): jac_reg, then jac_reg_after from jac_reg_until_step on."""
+def jac_reg_weight(config, step, mode: str = "deq") -> jax.Array:
+  """gamma at training step `step` (traced or not) of model mode `mode`.
+
+  DEQ steps: jac_reg, then jac_reg_after from jac_reg_until_step on; unrolled steps: pretrain_jac_reg.
+  """
+  if mode == "pretrain":
+    return jnp.asarray(config.pretrain_jac_reg, jnp.float32)
   if config.jac_reg_until_step <= 0:
     return jnp.asarray(config.jac_reg, jnp.float32)
   return jnp.where(step < config.jac_reg_until_step, config.jac_reg, config.jac_reg_after).astype(jnp.float32)
@@ -269,7 +278,7 @@ def train_step(rt: Runtime, mode: str, params, opt_state, memory, tokens, target
   """One update; a non-finite loss or gradient leaves parameters, optimizer state and memory unchanged."""
   key = jax.random.fold_in(dropout_base_key(rt.config), step)
   dropout_key, jac_key = jax.random.split(key)
-  use_jac = mode == "deq" and uses_jac_reg(rt.config)
+  use_jac = uses_jac_reg(rt.config, mode)
   batch = tokens.shape[0]
   probe = deqjax.backward_probe(batch) if mode == "deq" else None
 
@@ -278,7 +287,7 @@ def train_step(rt: Runtime, mode: str, params, opt_state, memory, tokens, target
       rt, params, tokens, targets, memory, key=dropout_key, mode=mode, probe=probe, jac_key=jac_key if use_jac else None
     )
     nll = jnp.mean(out.nll)
-    loss = nll + jac_reg_weight(rt.config, step) * jnp.mean(out.jac_loss) if use_jac else nll
+    loss = nll + jac_reg_weight(rt.config, step, mode) * jnp.mean(out.jac_loss) if use_jac else nll
     return loss, (nll, out)
 
   (loss, (nll, out)), (grads, probe_bar) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(params, probe)

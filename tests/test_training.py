@@ -237,8 +237,8 @@ def test_resume_with_another_seed_or_vocabulary_fails(tfds_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-def _one_deq_update(tfds_dir, step, **fields):
-  """(parameter updates, metrics) of DEQ training step `step` of the tiny config with `fields`."""
+def _one_deq_update(tfds_dir, step, mode="deq", **fields):
+  """(parameter updates, metrics) of training step `step` (model mode `mode`) of the tiny config with `fields`."""
   config = tiny_config(tfds_dir, pretrain_steps=0, warmup_steps=0, **fields)
   rt, params = train.setup(config)
   before = jax.tree.leaves(params)
@@ -246,7 +246,7 @@ def _one_deq_update(tfds_dir, step, **fields):
   x, y = (
     jax.device_put(a, rt.batch_sharding) for a in train.OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0)
   )
-  new_params, _, _, metrics = jax.jit(functools.partial(train.train_step, rt, "deq"))(
+  new_params, _, _, metrics = jax.jit(functools.partial(train.train_step, rt, mode))(
     params, rt.optimizer.init(params), memory, x, y, step
   )
   updates = [np.asarray(a) - np.asarray(b) for a, b in zip(jax.tree.leaves(new_params), before, strict=True)]
@@ -280,3 +280,19 @@ def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
   assert [float(train.jac_reg_weight(config, s)) for s in (0, 99, 100, 500)] == pytest.approx([0.5, 0.5, 0.05, 0.05])
   with pytest.raises(ValueError, match=r"jac_reg_after=-0.1"):
     train.check_config(tiny_config(tfds_dir, jac_reg_after=-0.1))
+
+
+def test_pretrain_jacobian_penalty_applies_to_unrolled_steps_only(tfds_dir):
+  # The DEQ-phase weights leave an unrolled step alone; pretrain_jac_reg enters it, and not a DEQ step.
+  plain, metrics = _one_deq_update(tfds_dir, 0, mode="pretrain")
+  assert "jac_loss" not in metrics
+  deq_weights_only, _ = _one_deq_update(tfds_dir, 0, mode="pretrain", jac_reg=5.0)
+  assert _max_difference(deq_weights_only, plain) < 1e-7
+  penalised, metrics = _one_deq_update(tfds_dir, 0, mode="pretrain", pretrain_jac_reg=5.0)
+  assert 0.0 < float(metrics["jac_loss"]) < 10.0
+  assert _max_difference(penalised, plain) > 1e-6
+  deq_plain, _ = _one_deq_update(tfds_dir, 0)
+  deq_with_pretrain_weight, _ = _one_deq_update(tfds_dir, 0, pretrain_jac_reg=5.0)
+  assert _max_difference(deq_with_pretrain_weight, deq_plain) < 1e-7
+  with pytest.raises(ValueError, match=r"pretrain_jac_reg=-1"):
+    train.check_config(tiny_config(tfds_dir, pretrain_jac_reg=-1.0))

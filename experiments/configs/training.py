@@ -43,6 +43,7 @@ COMMON = dict(
   jac_reg=0.0,
   jac_reg_until_step=0,
   jac_reg_after=0.0,
+  pretrain_jac_reg=0.0,
   dtype="float32",
   log_every_steps=50,
   eval_every_steps=1000,
@@ -73,6 +74,9 @@ def add_training(config: ml_collections.ConfigDict, dataset: str, **values) -> m
     jac_reg: weight gamma of the Jacobian penalty ||df/dz||_F^2 / n (0: off).
     jac_reg_until_step, jac_reg_after: from step jac_reg_until_step on, gamma is jac_reg_after
       (jac_reg_until_step 0: jac_reg for the whole run).
+    pretrain_jac_reg: weight of the same penalty, at the last unrolled state, while the cell
+      trains unrolled (pretraining, or mode "unrolled"); 0: off. It asks the unrolled map to
+      contract, so that iterating it past its trained depth settles instead of drifting.
     dtype: compute dtype of the cell ("float32" or "bfloat16").
     log_every_steps, eval_every_steps, checkpoint_every_steps, keep_checkpoints: bookkeeping.
     max_nonfinite_steps: consecutive skipped (non-finite) steps after which the run stops.
