@@ -96,7 +96,7 @@ def evaluate_heldout(rt: Runtime, params, mode: str, heldout: tuple[np.ndarray, 
     totals += np.asarray(jax.device_get(step(params, x, y)), np.float64)
   n = inputs.shape[0]
   return {
-    "heldout_loss": float(totals[0] / (n * inputs.shape[1])),
-    "recall_loss": float(totals[1] / (n * copy_memory.N_COPY)),
-    "digit_accuracy": float(totals[2] / (n * copy_memory.N_COPY)),
+    "heldout_loss": totals[0] / (n * inputs.shape[1]),
+    "recall_loss": totals[1] / (n * copy_memory.N_COPY),
+    "digit_accuracy": totals[2] / (n * copy_memory.N_COPY),
   }

@@ -237,7 +237,7 @@ def test_resume_with_another_seed_or_vocabulary_fails(tfds_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-def _one_deq_update(tfds_dir, step, mode="deq", **fields):
+def _one_update(tfds_dir, step, mode="deq", **fields):
   """(parameter updates, metrics) of training step `step` (model mode `mode`) of the tiny config with `fields`."""
   config = tiny_config(tfds_dir, pretrain_steps=0, warmup_steps=0, **fields)
   rt, params = train.setup(config)
@@ -258,9 +258,9 @@ def _max_difference(a, b) -> float:
 
 
 def test_jacobian_penalty_enters_the_update(tfds_dir):
-  plain, metrics = _one_deq_update(tfds_dir, 0, jac_reg=0.0)
+  plain, metrics = _one_update(tfds_dir, 0, jac_reg=0.0)
   assert "jac_loss" not in metrics
-  penalised, metrics = _one_deq_update(tfds_dir, 0, jac_reg=5.0)
+  penalised, metrics = _one_update(tfds_dir, 0, jac_reg=5.0)
   # Hutchinson estimate of ||df/dz||_F^2 / n: positive, and below the contraction-free bound of
   # a post-LayerNorm cell at initialisation (an exploding estimate would mean a wiring error).
   assert 0.0 < float(metrics["jac_loss"]) < 10.0
@@ -269,11 +269,11 @@ def test_jacobian_penalty_enters_the_update(tfds_dir):
 
 def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
   # Step 3 lies past jac_reg_until_step = 2: the update is that of the constant weight jac_reg_after.
-  switched_off, _ = _one_deq_update(tfds_dir, 3, jac_reg=5.0, jac_reg_until_step=2, jac_reg_after=0.0)
-  plain, _ = _one_deq_update(tfds_dir, 3, jac_reg=0.0)
+  switched_off, _ = _one_update(tfds_dir, 3, jac_reg=5.0, jac_reg_until_step=2, jac_reg_after=0.0)
+  plain, _ = _one_update(tfds_dir, 3, jac_reg=0.0)
   assert _max_difference(switched_off, plain) < 1e-7
-  switched_on, _ = _one_deq_update(tfds_dir, 3, jac_reg=0.0, jac_reg_until_step=2, jac_reg_after=5.0)
-  constant, _ = _one_deq_update(tfds_dir, 3, jac_reg=5.0)
+  switched_on, _ = _one_update(tfds_dir, 3, jac_reg=0.0, jac_reg_until_step=2, jac_reg_after=5.0)
+  constant, _ = _one_update(tfds_dir, 3, jac_reg=5.0)
   assert _max_difference(switched_on, constant) < 1e-7
   assert _max_difference(switched_on, plain) > 1e-6
   config = tiny_config(tfds_dir, jac_reg=0.5, jac_reg_until_step=100, jac_reg_after=0.05)
@@ -284,15 +284,15 @@ def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
 
 def test_pretrain_jacobian_penalty_applies_to_unrolled_steps_only(tfds_dir):
   # The DEQ-phase weights leave an unrolled step alone; pretrain_jac_reg enters it, and not a DEQ step.
-  plain, metrics = _one_deq_update(tfds_dir, 0, mode="pretrain")
+  plain, metrics = _one_update(tfds_dir, 0, mode="pretrain")
   assert "jac_loss" not in metrics
-  deq_weights_only, _ = _one_deq_update(tfds_dir, 0, mode="pretrain", jac_reg=5.0)
+  deq_weights_only, _ = _one_update(tfds_dir, 0, mode="pretrain", jac_reg=5.0)
   assert _max_difference(deq_weights_only, plain) < 1e-7
-  penalised, metrics = _one_deq_update(tfds_dir, 0, mode="pretrain", pretrain_jac_reg=5.0)
+  penalised, metrics = _one_update(tfds_dir, 0, mode="pretrain", pretrain_jac_reg=5.0)
   assert 0.0 < float(metrics["jac_loss"]) < 10.0
   assert _max_difference(penalised, plain) > 1e-6
-  deq_plain, _ = _one_deq_update(tfds_dir, 0)
-  deq_with_pretrain_weight, _ = _one_deq_update(tfds_dir, 0, pretrain_jac_reg=5.0)
+  deq_plain, _ = _one_update(tfds_dir, 0)
+  deq_with_pretrain_weight, _ = _one_update(tfds_dir, 0, pretrain_jac_reg=5.0)
   assert _max_difference(deq_with_pretrain_weight, deq_plain) < 1e-7
   with pytest.raises(ValueError, match=r"pretrain_jac_reg=-1"):
     train.check_config(tiny_config(tfds_dir, pretrain_jac_reg=-1.0))
