@@ -211,6 +211,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       + ", ".join(f"{name}={config[name]}" for name in weights)
       + "."
     )
+  settle = ("pretrain_settle_iters", "pretrain_settle_from_step", "pretrain_settle_until_step")
+  if not all(isinstance(config[name], int) and config[name] >= 0 for name in settle):
+    raise ValueError(
+      "pretrain_settle_* must be ints >= 0; got " + ", ".join(f"{n}={config[n]!r}" for n in settle) + "."
+    )
+  if config.backward not in ("implicit", "phantom"):
+    raise ValueError(f"Unknown backward={config.backward!r}; expected 'implicit' or 'phantom'.")
+  if not (isinstance(config.phantom_steps, int) and config.phantom_steps >= 1 and 0 < config.phantom_damping <= 1):
+    raise ValueError(
+      f"phantom_steps must be an int >= 1 and phantom_damping in (0, 1]; got phantom_steps={config.phantom_steps!r},"
+      f" phantom_damping={config.phantom_damping!r}."
+    )
   if not config.train_budget_seconds >= 0:
     raise ValueError(f"train_budget_seconds must be >= 0 (0: no budget); got {config.train_budget_seconds}.")
 
@@ -269,6 +281,23 @@ def jac_reg_weight(config, step, mode: str = "deq") -> jax.Array:
   return jnp.where(step < config.jac_reg_until_step, config.jac_reg, config.jac_reg_after).astype(jnp.float32)
 
 
+def training_overrides(config, step, mode: str) -> dict:
+  """Model-call options of a training step of mode `mode` at step `step` (traced or not).
+
+  Unrolled steps: `settle_iters`, K(step) = floor(pretrain_settle_iters * ramp), the ramp
+  rising linearly from 0 at pretrain_settle_from_step to 1 at pretrain_settle_until_step
+  (a step from 0 to 1 at pretrain_settle_from_step when until <= from).
+  DEQ steps: the backward (implicit or phantom) options.
+  """
+  if mode == "pretrain" and config.pretrain_settle_iters > 0:
+    start, end = config.pretrain_settle_from_step, config.pretrain_settle_until_step
+    ramp = jnp.clip((step - start) / (end - start), 0.0, 1.0) if end > start else jnp.where(step >= start, 1.0, 0.0)
+    return {"settle_iters": jnp.floor(config.pretrain_settle_iters * ramp).astype(jnp.int32)}
+  if mode == "deq" and config.backward == "phantom":
+    return {"backward": "phantom", "phantom_steps": config.phantom_steps, "phantom_damping": config.phantom_damping}
+  return {}
+
+
 def dropout_base_key(config) -> jax.Array:
   """The key every step's dropout and probe keys are folded from (parameters use `seed` itself)."""
   return jax.random.key(config.seed + 1)
@@ -282,10 +311,13 @@ def train_step(rt: Runtime, mode: str, params, opt_state, memory, tokens, target
   batch = tokens.shape[0]
   probe = deqjax.backward_probe(batch) if mode == "deq" else None
 
+  overrides = training_overrides(rt.config, step, mode)
+
   def loss_fn(params, probe):
     out = model_forward(
-      rt, params, tokens, targets, memory, key=dropout_key, mode=mode, probe=probe, jac_key=jac_key if use_jac else None
-    )
+      rt, params, tokens, targets, memory, key=dropout_key, mode=mode, probe=probe,
+      jac_key=jac_key if use_jac else None, **overrides,
+    )  # fmt: skip
     nll = jnp.mean(out.nll)
     loss = nll + jac_reg_weight(rt.config, step, mode) * jnp.mean(out.jac_loss) if use_jac else nll
     return loss, (nll, out)

@@ -296,3 +296,43 @@ def test_pretrain_jacobian_penalty_applies_to_unrolled_steps_only(tfds_dir):
   assert _max_difference(deq_with_pretrain_weight, deq_plain) < 1e-7
   with pytest.raises(ValueError, match=r"pretrain_jac_reg=-1"):
     train.check_config(tiny_config(tfds_dir, pretrain_jac_reg=-1.0))
+
+
+def test_settle_iterations_ramp_and_enter_unrolled_steps_only(tfds_dir):
+  config = tiny_config(
+    tfds_dir, pretrain_settle_iters=12, pretrain_settle_from_step=500, pretrain_settle_until_step=850
+  )
+  ks = [int(train.training_overrides(config, s, "pretrain")["settle_iters"]) for s in (0, 500, 675, 849, 850, 900)]
+  assert ks == [0, 0, 6, 11, 12, 12]  # floor(12 * (step - 500) / 350), clipped to [0, 12]
+  assert train.training_overrides(config, 900, "deq") == {}
+  jump = tiny_config(tfds_dir, pretrain_settle_iters=4, pretrain_settle_from_step=3)
+  assert [int(train.training_overrides(jump, s, "pretrain")["settle_iters"]) for s in (2, 3, 9)] == [0, 4, 4]
+  # Before the ramp the unrolled step is the plain one; with settle iterations it is not; DEQ steps ignore them.
+  plain, _ = _one_update(tfds_dir, 0, mode="pretrain")
+  before_ramp, _ = _one_update(tfds_dir, 0, mode="pretrain", pretrain_settle_iters=4, pretrain_settle_from_step=1)
+  assert _max_difference(before_ramp, plain) < 1e-7
+  settled, _ = _one_update(tfds_dir, 0, mode="pretrain", pretrain_settle_iters=4)
+  assert _max_difference(settled, plain) > 1e-6
+  deq_plain, _ = _one_update(tfds_dir, 0)
+  deq_settle_fields, _ = _one_update(tfds_dir, 0, pretrain_settle_iters=4)
+  assert _max_difference(deq_settle_fields, deq_plain) < 1e-7
+  with pytest.raises(ValueError, match=r"pretrain_settle_iters=-1"):
+    train.check_config(tiny_config(tfds_dir, pretrain_settle_iters=-1))
+
+
+def test_phantom_backward_in_deq_steps(tfds_dir):
+  # The config's backward options reach fixed_point in DEQ steps: no adjoint solve (0 backward
+  # steps), and each of phantom_steps and phantom_damping changes the update; unrolled steps ignore them.
+  implicit, implicit_metrics = _one_update(tfds_dir, 0)
+  one, metrics = _one_update(tfds_dir, 0, backward="phantom")
+  two, _ = _one_update(tfds_dir, 0, backward="phantom", phantom_steps=2)
+  damped, _ = _one_update(tfds_dir, 0, backward="phantom", phantom_steps=2, phantom_damping=0.5)
+  assert float(implicit_metrics["b_steps"]) > 0 and float(metrics["b_steps"]) == 0.0
+  assert min(_max_difference(one, implicit), _max_difference(two, one), _max_difference(damped, two)) > 1e-6
+  unrolled_plain, _ = _one_update(tfds_dir, 0, mode="pretrain")
+  unrolled_phantom, _ = _one_update(tfds_dir, 0, mode="pretrain", backward="phantom")
+  assert _max_difference(unrolled_phantom, unrolled_plain) < 1e-7
+  with pytest.raises(ValueError, match=r"Unknown backward='adjoint'"):
+    train.check_config(tiny_config(tfds_dir, backward="adjoint"))
+  with pytest.raises(ValueError, match=r"phantom_steps=0"):
+    train.check_config(tiny_config(tfds_dir, phantom_steps=0))

@@ -149,7 +149,8 @@ class DEQTransformerLM(nnx.Module):
       mode: "deq" or "pretrain" (unrolled `pretrain_depth` layers).
       dtype: compute dtype of the cell (e.g. jnp.bfloat16); the softmax runs in at least float32.
       jac_key: PRNG key for the Jacobian penalty (`jac_loss`); None skips it.
-      solver_overrides: `deqjax.fixed_point` options for this call.
+      solver_overrides: `deqjax.fixed_point` options for this call (and `settle_iters` of
+        `deqjax.nn.solve_cell` when pretraining).
     """
     b, q = tokens.shape
     out, new_memory, info, jac = self.features(tokens, memory, dropout_key, mode, dtype, jac_key, **solver_overrides)

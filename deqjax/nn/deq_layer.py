@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from deqjax._broyden import Broyden
 from deqjax._diagnostics import jacobian_frobenius_sq
@@ -24,6 +25,7 @@ def solve_cell(
   *,
   mode: str = "deq",
   pretrain_depth: int = 2,
+  settle_iters: int | jax.Array = 0,
   **solver_options,
 ) -> tuple[Any, SolveInfo | None]:
   """The cell's output state in either training regime.
@@ -36,17 +38,41 @@ def solve_cell(
       "pretrain" applies f `pretrain_depth` times from z0 with ordinary backprop
       (the reference's shallow weight-tied warm-up).
     pretrain_depth: L for the pretraining mode.
+    settle_iters: pretraining mode only: f is first applied this many times without gradient
+      (z0 -> f^K(z0), a stop-gradient warm start; an int or a traced integer), so the L
+      differentiated layers start from an iterate K steps along: the loss then asks the map to
+      work from late iterates too, not only from z0. Must be 0 in DEQ mode.
 
   Returns:
     (z, info): info is the forward `SolveInfo` in DEQ mode and None when pretraining.
   """
+  no_settling = _check_settle_iters(settle_iters, mode)
   if mode == "deq":
     return fixed_point(step, weights, inputs, z0, **solver_options)
   if mode == "pretrain":
     if isinstance(pretrain_depth, bool) or not isinstance(pretrain_depth, int) or pretrain_depth < 1:
       raise ValueError(f"pretrain_depth must be an int >= 1; got {pretrain_depth!r}.")
+    if not no_settling:
+      z0 = settled(step, weights, inputs, z0, settle_iters)
     return unrolled(step, weights, inputs, z0, pretrain_depth), None
   raise ValueError(f"Unknown mode={mode!r}; expected one of {list(MODES)}.")
+
+
+def _check_settle_iters(settle_iters, mode: str) -> bool:
+  """Errors on a bad `settle_iters`; True when it is the static 0 (no settling)."""
+  if isinstance(settle_iters, jax.Array):
+    if settle_iters.ndim != 0 or not jnp.issubdtype(settle_iters.dtype, jnp.integer):
+      raise TypeError(f"settle_iters must be an int or a scalar integer array; got {settle_iters!r}.")
+    no_settling = False
+  elif isinstance(settle_iters, int) and not isinstance(settle_iters, bool):
+    if settle_iters < 0:
+      raise ValueError(f"settle_iters must be >= 0; got {settle_iters!r}.")
+    no_settling = settle_iters == 0
+  else:
+    raise TypeError(f"settle_iters must be an int or a scalar integer array; got {settle_iters!r}.")
+  if mode == "deq" and not no_settling:
+    raise ValueError(f"settle_iters is a pretraining option; got settle_iters={settle_iters!r} with mode='deq'.")
+  return no_settling
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,8 +112,12 @@ class DEQSettings:
     return options
 
 
-def cell_output(step, weights, inputs, z0, settings: DEQSettings, *, mode: str, jac_key=None, **solver_overrides):
+def cell_output(
+  step, weights, inputs, z0, settings: DEQSettings, *, mode: str, jac_key=None, settle_iters=0, **solver_overrides
+):
   """A language model's cell stage: the equilibrium (or the unrolled state), what the softmax reads, and more.
+
+  `settle_iters` is `solve_cell`'s (pretraining only); `solver_overrides` override `settings.solver_options`.
 
   Returns:
     (z, output, info, jac): z from `solve_cell`; output = f(z) with `settings.feed_fz`, else z;
@@ -95,7 +125,9 @@ def cell_output(step, weights, inputs, z0, settings: DEQSettings, *, mode: str, 
     `jac_key` is given, else None. Every state leaf has the batch on axis 0.
   """
   options = settings.solver_options(**solver_overrides)
-  z, info = solve_cell(step, weights, inputs, z0, mode=mode, pretrain_depth=settings.pretrain_depth, **options)
+  z, info = solve_cell(
+    step, weights, inputs, z0, mode=mode, pretrain_depth=settings.pretrain_depth, settle_iters=settle_iters, **options
+  )
   output = step(weights, z, inputs) if settings.feed_fz else z
   jac = None if jac_key is None else jacobian_penalty(step, weights, z, inputs, jac_key)
   return z, output, info, jac
@@ -104,6 +136,12 @@ def cell_output(step, weights, inputs, z0, settings: DEQSettings, *, mode: str, 
 def unrolled(step, weights, inputs, z0, depth: int):
   """f applied `depth` times (a `fori_loop` with a static count: a scan under reverse mode)."""
   return jax.lax.fori_loop(0, depth, lambda _, z: step(weights, z, inputs), z0)
+
+
+def settled(step, weights, inputs, z0, iters):
+  """f applied `iters` times (an int or a traced integer), with no gradient to anything."""
+  weights, inputs, z0 = jax.lax.stop_gradient((weights, inputs, z0))
+  return jax.lax.fori_loop(0, iters, lambda _, z: step(weights, z, inputs), z0)
 
 
 def jacobian_penalty(step, weights, z_star, inputs, key: jax.Array) -> jax.Array:

@@ -44,6 +44,12 @@ COMMON = dict(
   jac_reg_until_step=0,
   jac_reg_after=0.0,
   pretrain_jac_reg=0.0,
+  pretrain_settle_iters=0,
+  pretrain_settle_from_step=0,
+  pretrain_settle_until_step=0,
+  backward="implicit",
+  phantom_steps=1,
+  phantom_damping=1.0,
   dtype="float32",
   log_every_steps=50,
   eval_every_steps=1000,
@@ -77,6 +83,13 @@ def add_training(config: ml_collections.ConfigDict, dataset: str, **values) -> m
     pretrain_jac_reg: weight of the same penalty, at the last unrolled state, while the cell
       trains unrolled (pretraining, or mode "unrolled"); 0: off. It asks the unrolled map to
       contract, so that iterating it past its trained depth settles instead of drifting.
+    pretrain_settle_iters, pretrain_settle_from_step, pretrain_settle_until_step: unrolled steps
+      start from z0 iterated K times without gradient (`deqjax.nn.solve_cell`'s settle_iters), K
+      rising linearly from 0 at the first step to pretrain_settle_iters at the second (a jump
+      at pretrain_settle_from_step if until <= from); pretrain_settle_iters 0: off.
+    backward, phantom_steps, phantom_damping: how DEQ training steps differentiate the
+      equilibrium: "implicit" (the adjoint solve, capped by the model's b_max_iter) or "phantom"
+      (phantom_steps damped unrolled steps; `deqjax.fixed_point`).
     dtype: compute dtype of the cell ("float32" or "bfloat16").
     log_every_steps, eval_every_steps, checkpoint_every_steps, keep_checkpoints: bookkeeping.
     max_nonfinite_steps: consecutive skipped (non-finite) steps after which the run stops.
