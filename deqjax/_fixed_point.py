@@ -128,12 +128,13 @@ def _phantom_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
   # (Jacobian-free) gradient z_bar^T df/dtheta at z*.
   lam = options.phantom_damping
 
+  def damped_step(z, p, xx, c):
+    fz = fn(p, z, xx, *c)
+    return jax.tree.map(lambda a, b: (1 - lam) * a + lam * b, z, fz) if lam != 1 else fz
+
   def unrolled(p, xx, c):
-    z = z_star
-    for _ in range(options.phantom_steps):
-      fz = fn(p, z, xx, *c)
-      z = jax.tree.map(lambda a, b: (1 - lam) * a + lam * b, z, fz) if lam != 1 else fz
-    return z
+    # A static trip count: a scan under reverse mode, compiled once whatever phantom_steps is.
+    return jax.lax.fori_loop(0, options.phantom_steps, lambda _, z: damped_step(z, p, xx, c), z_star)
 
   _, vjp_inputs = jax.vjp(unrolled, params, x, consts)
   params_bar, x_bar, consts_bar = vjp_inputs(z_bar)

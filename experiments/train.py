@@ -598,7 +598,9 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str) -> tuple[Ru
     raise FileNotFoundError(f"No checkpoint under {manager.directory}; train first (--mode=train).")
   memory = init_memory(rt, params, rt.config.batch_size)
   progress, params, _, _ = restore_checkpoint(manager, rt, params, opt_state, memory)
-  return rt, params, model_mode(rt.config, max(progress.step - 1, 0))
+  mode = model_mode(rt.config, max(progress.step - 1, 0))
+  print(f"Checkpoint of step {progress.step}: model mode {mode!r} (that of its last training step).", flush=True)
+  return rt, params, mode
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> float:
