@@ -11,6 +11,7 @@ from deqjax._diagnostics import jacobian_frobenius_sq, spectral_radius
 from deqjax._fixed_point import fixed_point, root_find
 from deqjax._info import BackwardStats, SolveInfo, Status, backward_probe
 from deqjax._iteration import Iteration
+from deqjax._validation import check_backward_options
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
   "SolveInfo",
   "Status",
   "backward_probe",
+  "check_backward_options",
   "fixed_point",
   "jacobian_frobenius_sq",
   "root_find",

@@ -15,8 +15,6 @@ from deqjax._driver import Solver, row_norm, solve
 from deqjax._flat import FlatSpec, make_spec
 from deqjax._info import BackwardStats, SolveInfo, Status, backward_probe, stats_from_info
 
-BACKWARDS = ("implicit", "phantom")
-
 
 @dataclasses.dataclass(frozen=True)
 class _SolveOptions:
@@ -243,8 +241,7 @@ def fixed_point(
     >>> grad = jax.grad(lambda a: deqjax.fixed_point(f, a, jnp.ones(3))[0].sum())(0.5)
   """
   forward = _SolveOptions.checked(solver, max_iter, tol, rtol, divergence_ratio)
-  if backward not in BACKWARDS:
-    raise ValueError(f"Unknown backward={backward!r}; expected one of {list(BACKWARDS)}.")
+  checks.check_backward_options(backward, phantom_steps, phantom_damping)
   backward_solve = _SolveOptions.checked(
     solver if backward_solver is None else backward_solver,
     backward_max_iter,
@@ -253,9 +250,6 @@ def fixed_point(
     divergence_ratio,
     prefix="backward_",
   )
-  checks.check_max_iter(phantom_steps, "phantom_steps")
-  if not 0 < phantom_damping <= 1:
-    raise ValueError(f"phantom_damping must be in (0, 1]; got phantom_damping={phantom_damping!r}.")
   batch_axis = checks.check_batch_axis(batch_axis)
 
   if z0 is None:

@@ -27,6 +27,18 @@ def resolve_solver(solver, name: str):
   )
 
 
+BACKWARDS = ("implicit", "phantom")
+
+
+def check_backward_options(backward: str, phantom_steps: int, phantom_damping: float) -> None:
+  """The checks `fixed_point` makes of its gradient options (callable early, e.g. by a config check)."""
+  if backward not in BACKWARDS:
+    raise ValueError(f"Unknown backward={backward!r}; expected one of {list(BACKWARDS)}.")
+  check_max_iter(phantom_steps, "phantom_steps")
+  if not 0 < phantom_damping <= 1:
+    raise ValueError(f"phantom_damping must be in (0, 1]; got phantom_damping={phantom_damping!r}.")
+
+
 def check_max_iter(value, name: str) -> int:
   if isinstance(value, bool) or not isinstance(value, int):
     raise TypeError(f"{name} must be a Python int; got {value!r} of type {type(value).__name__}.")

@@ -216,13 +216,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       "pretrain_settle_* must be ints >= 0; got " + ", ".join(f"{n}={config[n]!r}" for n in settle) + "."
     )
-  if config.backward not in ("implicit", "phantom"):
-    raise ValueError(f"Unknown backward={config.backward!r}; expected 'implicit' or 'phantom'.")
-  if not (isinstance(config.phantom_steps, int) and config.phantom_steps >= 1 and 0 < config.phantom_damping <= 1):
-    raise ValueError(
-      f"phantom_steps must be an int >= 1 and phantom_damping in (0, 1]; got phantom_steps={config.phantom_steps!r},"
-      f" phantom_damping={config.phantom_damping!r}."
-    )
+  deqjax.check_backward_options(config.backward, config.phantom_steps, config.phantom_damping)
   if not config.train_budget_seconds >= 0:
     raise ValueError(f"train_budget_seconds must be >= 0 (0: no budget); got {config.train_budget_seconds}.")
 

@@ -52,8 +52,8 @@ def solve_cell(
   if mode == "pretrain":
     if isinstance(pretrain_depth, bool) or not isinstance(pretrain_depth, int) or pretrain_depth < 1:
       raise ValueError(f"pretrain_depth must be an int >= 1; got {pretrain_depth!r}.")
-    if not no_settling:
-      z0 = settled(step, weights, inputs, z0, settle_iters)
+    if not no_settling:  # a warm start with no gradient to anything
+      z0 = unrolled(step, *jax.lax.stop_gradient((weights, inputs, z0)), settle_iters)
     return unrolled(step, weights, inputs, z0, pretrain_depth), None
   raise ValueError(f"Unknown mode={mode!r}; expected one of {list(MODES)}.")
 
@@ -134,14 +134,12 @@ def cell_output(
 
 
 def unrolled(step, weights, inputs, z0, depth: int):
-  """f applied `depth` times (a `fori_loop` with a static count: a scan under reverse mode)."""
+  """f applied `depth` times, in a `fori_loop`.
+
+  A static count is a scan under reverse mode. A traced count is a while loop, which cannot be
+  reverse-differentiated: give it stop-gradient arguments (as the settle iterations do).
+  """
   return jax.lax.fori_loop(0, depth, lambda _, z: step(weights, z, inputs), z0)
-
-
-def settled(step, weights, inputs, z0, iters):
-  """f applied `iters` times (an int or a traced integer), with no gradient to anything."""
-  weights, inputs, z0 = jax.lax.stop_gradient((weights, inputs, z0))
-  return jax.lax.fori_loop(0, iters, lambda _, z: step(weights, z, inputs), z0)
 
 
 def jacobian_penalty(step, weights, z_star, inputs, key: jax.Array) -> jax.Array:
