@@ -282,9 +282,15 @@ def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
     train.check_config(tiny_config(tfds_dir, jac_reg_after=-0.1))
 
 
+@functools.cache
+def _plain_update(tfds_dir, mode):
+  """The tiny config's own first update in model mode `mode`, computed once per test process."""
+  return _one_update(tfds_dir, 0, mode)
+
+
 def _changes_update(tfds_dir, mode, **fields) -> bool:
   """Whether `fields` change the first update of model mode `mode` (the tiny config's)."""
-  plain, _ = _one_update(tfds_dir, 0, mode)
+  plain, _ = _plain_update(tfds_dir, mode)
   changed, _ = _one_update(tfds_dir, 0, mode, **fields)
   difference = _max_difference(changed, plain)
   assert difference < 1e-7 or difference > 1e-6, difference  # identical, or clearly not
@@ -293,7 +299,7 @@ def _changes_update(tfds_dir, mode, **fields) -> bool:
 
 def test_pretrain_jacobian_penalty_applies_to_unrolled_steps_only(tfds_dir):
   # The DEQ-phase weights leave an unrolled step alone; pretrain_jac_reg enters it, and not a DEQ step.
-  _, metrics = _one_update(tfds_dir, 0, mode="pretrain")
+  _, metrics = _plain_update(tfds_dir, "pretrain")
   assert "jac_loss" not in metrics
   assert not _changes_update(tfds_dir, "pretrain", jac_reg=5.0)
   assert _changes_update(tfds_dir, "pretrain", pretrain_jac_reg=5.0)
@@ -324,7 +330,7 @@ def test_settle_iterations_ramp_and_enter_unrolled_steps_only(tfds_dir):
 def test_phantom_backward_in_deq_steps(tfds_dir):
   # The config's backward options reach fixed_point in DEQ steps: no adjoint solve (0 backward
   # steps), and each of phantom_steps and phantom_damping changes the update; unrolled steps ignore them.
-  implicit, implicit_metrics = _one_update(tfds_dir, 0)
+  implicit, implicit_metrics = _plain_update(tfds_dir, "deq")
   one, metrics = _one_update(tfds_dir, 0, backward="phantom")
   two, _ = _one_update(tfds_dir, 0, backward="phantom", phantom_steps=2)
   damped, _ = _one_update(tfds_dir, 0, backward="phantom", phantom_steps=2, phantom_damping=0.5)
