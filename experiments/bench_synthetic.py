@@ -87,7 +87,8 @@ def run_synthetic(config, steps: int, seed: int = 0) -> dict:
     x, y = rng.integers(0, n_token, shape, dtype=np.int32), rng.integers(0, n_token, shape, dtype=np.int32)
     return (train.to_global(a, rt.batch_sharding, config.batch_size) for a in (x, y))
 
-  update = jax.jit(functools.partial(train.train_step, rt, mode), donate_argnums=(0, 1))
+  use_jac = train.uses_jac_reg(config, mode, 1)  # that of the timed step 1
+  update = jax.jit(functools.partial(train.train_step, rt, mode, use_jac=use_jac), donate_argnums=(0, 1))
   params, opt_state, memory, metrics = update(params, opt_state, memory, *batch(), 0)  # empty memory -> full
   first_loss = float(metrics["loss"])
   x, y = batch()

@@ -37,7 +37,8 @@ def _runner(config, mode: str):
   opt_state = rt.optimizer.init(params)
   memory = train.init_memory(rt, params, config.batch_size)
   stream = train.OrderedLMStream(rt.task.data.splits["train"], config.batch_size, config.tgt_len)
-  step = jax.jit(lambda *a: train.train_step(rt, mode, *a))
+  use_jac = train.uses_jac_reg(config, mode, 1)  # that of the timed step 1
+  step = jax.jit(lambda *a: train.train_step(rt, mode, *a, use_jac=use_jac))
   x, y = (jax.device_put(a, rt.batch_sharding) for a in stream.segment(0))
   _, _, memory, _ = step(params, opt_state, memory, x, y, 0)  # full-length memory from here on
   jax.block_until_ready(step(params, opt_state, memory, x, y, 1))  # compile

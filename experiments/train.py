@@ -256,11 +256,18 @@ def model_mode(config, step: int) -> str:
   return "deq"
 
 
-def uses_jac_reg(config, mode: str = "deq") -> bool:
-  """Whether steps of model mode `mode` compute the Jacobian penalty (its weight is positive at some step)."""
+def uses_jac_reg(config, mode: str, step: int) -> bool:
+  """Whether training step `step` (a Python int) of model mode `mode` computes the Jacobian penalty.
+
+  True where its weight (`jac_reg_weight`) is positive. The training loop compiles one update per
+  value, so a run whose penalty switches off (jac_reg_after 0) stops paying for it at the switch.
+  """
   if mode == "pretrain":
     return config.pretrain_jac_reg > 0
-  return mode == "deq" and (config.jac_reg > 0 or (config.jac_reg_until_step > 0 and config.jac_reg_after > 0))
+  if mode != "deq":
+    return False
+  switched = 0 < config.jac_reg_until_step <= step
+  return (config.jac_reg_after if switched else config.jac_reg) > 0
 
 
 def jac_reg_weight(config, step, mode: str = "deq") -> jax.Array:
@@ -297,11 +304,15 @@ def dropout_base_key(config) -> jax.Array:
   return jax.random.key(config.seed + 1)
 
 
-def train_step(rt: Runtime, mode: str, params, opt_state, memory, tokens, targets, step):
-  """One update; a non-finite loss or gradient leaves parameters, optimizer state and memory unchanged."""
+def train_step(rt: Runtime, mode: str, params, opt_state, memory, tokens, targets, step, *, use_jac: bool):
+  """One update; a non-finite loss or gradient leaves parameters, optimizer state and memory unchanged.
+
+  use_jac: whether the update computes the Jacobian penalty (`uses_jac_reg` at this step); its
+  weight follows the traced `step`, so one compiled update serves a change from one positive
+  weight to another.
+  """
   key = jax.random.fold_in(dropout_base_key(rt.config), step)
   dropout_key, jac_key = jax.random.split(key)
-  use_jac = uses_jac_reg(rt.config, mode)
   batch = tokens.shape[0]
   probe = deqjax.backward_probe(batch) if mode == "deq" else None
 
@@ -548,7 +559,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> float
       inputs, targets = rt.task.train_batch(progress.step)
       started = time.perf_counter()
       x, y = (to_global(a, rt.batch_sharding, c.batch_size) for a in (inputs, targets))
-      update = rt.jitted(("train", mode), functools.partial(train_step, rt, mode), donate_argnums=(0, 1))
+      use_jac = uses_jac_reg(c, mode, progress.step)
+      update = rt.jitted(
+        ("train", mode, use_jac), functools.partial(train_step, rt, mode, use_jac=use_jac), donate_argnums=(0, 1)
+      )
       params, opt_state, memory, metrics = update(params, opt_state, memory, x, y, progress.step)
       metrics = jax.device_get(metrics)
       progress.train_seconds += time.perf_counter() - started

@@ -158,7 +158,7 @@ def test_four_devices_match_one(tfds_dir):
     opt_state = rt.optimizer.init(params)
     memory = train.init_memory(rt, params, config.batch_size)
     stream = train.OrderedLMStream(rt.task.data.splits["train"], config.batch_size, config.tgt_len)
-    step = jax.jit(functools.partial(train.train_step, rt, "deq"))
+    step = jax.jit(functools.partial(train.train_step, rt, "deq", use_jac=False))
     losses = []
     for k in range(3):
       x, y = (jax.device_put(a, rt.batch_sharding) for a in stream.segment(k))
@@ -175,7 +175,7 @@ def test_non_finite_steps_are_skipped_then_stop(tfds_dir, tmp_path, monkeypatch)
   config = tiny_config(tfds_dir, num_train_steps=20, pretrain_steps=20, max_nonfinite_steps=3, checkpoint_every_steps=2)
   forward, step_fn = train.model_forward, train.train_step
 
-  def poisoned_step(rt, mode, params, opt_state, memory, tokens, targets, step):
+  def poisoned_step(rt, mode, params, opt_state, memory, tokens, targets, step, *, use_jac):
     """From the 5th step (index 4) on, the loss is NaN."""
 
     def poisoned_forward(*args, **kwargs):
@@ -184,7 +184,7 @@ def test_non_finite_steps_are_skipped_then_stop(tfds_dir, tmp_path, monkeypatch)
 
     with monkeypatch.context() as patch:
       patch.setattr(train, "model_forward", poisoned_forward)
-      return step_fn(rt, mode, params, opt_state, memory, tokens, targets, step)
+      return step_fn(rt, mode, params, opt_state, memory, tokens, targets, step, use_jac=use_jac)
 
   monkeypatch.setattr(train, "train_step", poisoned_step)
   with pytest.raises(train.NonFiniteError, match="3 consecutive steps"):
@@ -246,7 +246,8 @@ def _one_update(tfds_dir, step, mode="deq", **fields):
   x, y = (
     jax.device_put(a, rt.batch_sharding) for a in train.OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0)
   )
-  new_params, _, _, metrics = jax.jit(functools.partial(train.train_step, rt, mode))(
+  use_jac = train.uses_jac_reg(config, mode, step)
+  new_params, _, _, metrics = jax.jit(functools.partial(train.train_step, rt, mode, use_jac=use_jac))(
     params, rt.optimizer.init(params), memory, x, y, step
   )
   updates = [np.asarray(a) - np.asarray(b) for a, b in zip(jax.tree.leaves(new_params), before, strict=True)]
@@ -255,6 +256,20 @@ def _one_update(tfds_dir, step, mode="deq", **fields):
 
 def _max_difference(a, b) -> float:
   return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b, strict=True))
+
+
+def test_switched_off_jacobian_penalty_is_not_computed(tfds_dir, tmp_path):
+  # Steps 1-2 carry the penalty; from jac_reg_until_step = 2 on its weight is 0 and the loop's
+  # update (compiled for that phase) no longer computes it.
+  config = tiny_config(
+    tfds_dir, num_train_steps=4, pretrain_steps=0, jac_reg=0.5, jac_reg_until_step=2, jac_reg_after=0.0,
+    log_every_steps=1, eval_every_steps=0, eval_max_segments=1,
+  )  # fmt: skip
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  jac = {row["step"]: row.get("jac_loss") for row in rows if "loss" in row}
+  assert sorted(jac) == [1, 2, 3, 4]
+  assert jac[1] > 0 and jac[2] > 0 and jac[3] is None and jac[4] is None
 
 
 def test_jacobian_penalty_enters_the_update(tfds_dir):
@@ -278,6 +293,10 @@ def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
   assert _max_difference(switched_on, plain) > 1e-6
   config = tiny_config(tfds_dir, jac_reg=0.5, jac_reg_until_step=100, jac_reg_after=0.05)
   assert [float(train.jac_reg_weight(config, s)) for s in (0, 99, 100, 500)] == pytest.approx([0.5, 0.5, 0.05, 0.05])
+  assert [train.uses_jac_reg(config, "deq", s) for s in (0, 100)] == [True, True]
+  config.jac_reg_after = 0.0
+  assert [train.uses_jac_reg(config, "deq", s) for s in (0, 99, 100, 500)] == [True, True, False, False]
+  assert not train.uses_jac_reg(config, "pretrain", 0)
   with pytest.raises(ValueError, match=r"jac_reg_after=-0.1"):
     train.check_config(tiny_config(tfds_dir, jac_reg_after=-0.1))
 
