@@ -2,7 +2,7 @@ r"""Train or evaluate a model from an ml_collections config file (any task: Wiki
 
     python -m experiments.main --config=experiments/configs/default.py --workdir=/tmp/deqjax_default
     python -m experiments.main --config=... --workdir=... --mode=eval --config.eval_tgt_len=75
-    python -m experiments.main --config=... --config.model.f_max_iter=20   # any field; unknown ones fail
+    python -m experiments.main --config=... --config.model.f_max_iter=20   # any field; an unknown one exits naming it
 
 Training resumes from the workdir's latest checkpoint. The last printed line is the
 task's test result at full precision: `test_ppl=<float>` (WikiText) or `test_loss=<float>`
@@ -12,9 +12,11 @@ task's test result at full precision: `test_ppl=<float>` (WikiText) or `test_los
 
 from __future__ import annotations
 
+import runpy
 import sys
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -33,6 +35,47 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
   flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; an override `--config.<path>=...` of a field the config lacks exits naming it.
+
+  ml_collections reports that case as a bare AttributeError (or KeyError) carrying only one key;
+  this names the whole override and the fields the config does have at that level.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)  # absl's own: flag errors print and exit 1
+  except (AttributeError, KeyError):
+    config = _config_named_in(argv)
+    paths = [arg[len("--config.") :].split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
+    for path in paths if config is not None else []:
+      prefix, fields = _first_missing(config, path)
+      if fields is not None:
+        there = f"the fields there are {fields}" if fields else f"{prefix.rpartition('.')[0]!r} is a value, not a group"
+        sys.stderr.write(f"FATAL Flags parsing error: --config.{path}: the config has no field {prefix!r}; {there}.\n")
+        sys.exit(1)
+    raise
+
+
+def _config_named_in(argv: list[str]):
+  """The ConfigDict of the `--config=<file>[:<argument>]` in argv (None if there is none)."""
+  spec = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, argument = spec.partition(":")
+  get_config = runpy.run_path(path)["get_config"]
+  return get_config(argument) if argument else get_config()
+
+
+def _first_missing(config, path: str):
+  """(the dotted prefix of `path` that does not exist, the sorted fields of its parent); (path, None) if none."""
+  node, keys = config, path.split(".")
+  for depth, key in enumerate(keys):
+    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+      fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      return ".".join(keys[: depth + 1]), fields
+    node = node[key]
+  return path, None
 
 
 def main(argv):
@@ -62,4 +105,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

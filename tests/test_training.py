@@ -147,6 +147,23 @@ def test_sigterm_saves_and_exits_cleanly(tfds_dir, tmp_path):
   assert ocp.CheckpointManager(str(tmp_path / "checkpoints")).latest_step() == saved
 
 
+@pytest.mark.parametrize(
+  "override, explanation",
+  [
+    ("--config.model.n_layerz=3", "no field 'model.n_layerz'; the fields there are ['b_max_iter', 'b_tol', 'd_inner'"),
+    ("--config.learning_rat=1", "no field 'learning_rat'; the fields there are ['backward', 'batch_size'"),
+    ("--config.seed.x=1", "no field 'seed.x'; 'seed' is a value, not a group."),
+  ],
+)
+def test_override_of_a_missing_field_is_named(tfds_dir, tmp_path, override, explanation):
+  run = _run_main(tmp_path, tfds_dir, override)
+  out, _ = run.communicate(timeout=120)
+  assert run.returncode == 1
+  path = override.split("=")[0]
+  assert f"FATAL Flags parsing error: {path}: the config has {explanation}" in out, out
+  assert not (tmp_path / "checkpoints").exists()
+
+
 def test_four_devices_match_one(tfds_dir):
   assert jax.device_count() == 4
   config = tiny_config(tfds_dir, pretrain_steps=0)
