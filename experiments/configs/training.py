@@ -79,7 +79,7 @@ def add_training(config: ml_collections.ConfigDict, dataset: str, **values) -> m
     pretrain_steps: DEQ models train the unrolled weight-tied cell (pretrain_depth layers) first.
     jac_reg: weight gamma of the Jacobian penalty ||df/dz||_F^2 / n (0: off).
     jac_reg_until_step, jac_reg_after: from step jac_reg_until_step on, gamma is jac_reg_after
-      (jac_reg_until_step 0: jac_reg for the whole run).
+      (jac_reg_until_step 0: jac_reg for the whole run). Steps whose gamma is 0 skip the penalty.
     pretrain_jac_reg: weight of the same penalty, at the last unrolled state, while the cell
       trains unrolled (pretraining, or mode "unrolled"); 0: off. It asks the unrolled map to
       contract, so that iterating it past its trained depth settles instead of drifting.
