@@ -36,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 import deqjax
 from deqjax.data import OrderedLMStream, WikitextData, load_wikitext
+from experiments.clipping import clip_relative_to_running_norm
 from experiments.model_builder import architecture, build_model
 from experiments.train_metrics import MetricsWriter, StepMetrics
 
@@ -174,7 +175,8 @@ class Runtime:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW with linear warmup then cosine decay to 0 at num_train_steps, after global-norm clipping."""
+  """AdamW with linear warmup then cosine decay to 0 at num_train_steps, after global-norm clipping
+  (fixed, then relative to the running norm when grad_clip_ratio > 0)."""
   warmup = min(config.warmup_steps, config.num_train_steps)
   schedule = optax.warmup_cosine_decay_schedule(
     init_value=0.0 if warmup else config.learning_rate,
@@ -183,10 +185,10 @@ def make_optimizer(config) -> optax.GradientTransformation:
     decay_steps=max(config.num_train_steps, warmup + 1),
     end_value=0.0,
   )
-  return optax.chain(
-    optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity(),
-    optax.adamw(schedule, weight_decay=config.weight_decay),
-  )
+  clips = [optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity()]
+  if config.grad_clip_ratio > 0:  # only then: checkpoints of runs without it keep their state's structure
+    clips.append(clip_relative_to_running_norm(config.grad_clip_ratio, config.grad_clip_ratio_decay))
+  return optax.chain(*clips, optax.adamw(schedule, weight_decay=config.weight_decay))
 
 
 def setup(config: ml_collections.ConfigDict) -> tuple[Runtime, nnx.State]:
@@ -210,6 +212,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       "jac_reg, jac_reg_after, jac_reg_until_step and pretrain_jac_reg must be >= 0; got "
       + ", ".join(f"{name}={config[name]}" for name in weights)
       + "."
+    )
+  if not (config.grad_clip_ratio == 0 or config.grad_clip_ratio > 1) or not 0 <= config.grad_clip_ratio_decay < 1:
+    raise ValueError(
+      "grad_clip_ratio must be 0 (off) or > 1 and grad_clip_ratio_decay in [0, 1); got "
+      f"grad_clip_ratio={config.grad_clip_ratio}, grad_clip_ratio_decay={config.grad_clip_ratio_decay}."
     )
   settle = ("pretrain_settle_iters", "pretrain_settle_from_step", "pretrain_settle_until_step")
   if not all(isinstance(config[name], int) and config[name] >= 0 for name in settle):

@@ -224,6 +224,8 @@ def test_bad_inputs(tfds_dir, tmp_path):
     config = tiny_config(tfds_dir)
     config.model.n_token = 500
     train.setup(config)
+  with pytest.raises(ValueError, match=r"got grad_clip_ratio=0.5, grad_clip_ratio_decay=0.98"):
+    train.setup(tiny_config(tfds_dir, grad_clip_ratio=0.5))
   with pytest.raises(ValueError, match=r"Unknown field\(s\) \['d_modle'\]"):
     config = tiny_config(tfds_dir)
     config.model.d_modle = 3

@@ -38,6 +38,8 @@ COMMON = dict(
   num_train_steps=1000,
   train_budget_seconds=0.0,
   grad_clip=0.25,
+  grad_clip_ratio=0.0,
+  grad_clip_ratio_decay=0.98,
   weight_decay=0.0,
   pretrain_steps=0,
   jac_reg=0.0,
@@ -74,6 +76,9 @@ def add_training(config: ml_collections.ConfigDict, dataset: str, **values) -> m
       test always reads all.
     learning_rate, warmup_steps, num_train_steps, grad_clip, weight_decay: AdamW, linear warmup then
       cosine to 0 at num_train_steps, global-norm clipping.
+    grad_clip_ratio, grad_clip_ratio_decay: after that clip, a gradient's norm is also bounded
+      by grad_clip_ratio times the running average (weight of the past grad_clip_ratio_decay) of
+      the previous clipped norms (`experiments.clipping`); grad_clip_ratio 0: off.
     train_budget_seconds: stop training (then test) once the training steps have taken this much
       wall-clock time, summed over resumed runs (0: no budget; num_train_steps still caps).
     pretrain_steps: DEQ models train the unrolled weight-tied cell (pretrain_depth layers) first.
