@@ -25,11 +25,12 @@ def get_config():
     "deq_transformer_classifier",
     "deq",
     model,
-    num_train_steps=4000,
+    num_train_steps=4200,
     pretrain_steps=781,
     jac_reg=0.5,
     jac_reg_until_step=2400,
     jac_reg_after=0.05,
     train_budget_seconds=7200,
     eval_every_steps=200,
+    grad_clip_ratio=3.0,
   )
