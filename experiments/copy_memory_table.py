@@ -7,13 +7,15 @@ Reads `<root>/copy_{deq,tcn,lstm,gru}/metrics.jsonl` (the runs of
 for the rows deq_transformer, tcn, lstm, gru), prints a Markdown table beside the paper's numbers
 and writes one PNG: held-out loss against training time for every row, and the
 DEQ's forward / backward solver steps over training. Rows without a workdir are
-listed as not run.
+listed as not run. Runs of the same config with another seed, in `<root>/copy_<short>_seed<N>`
+(`--config.seed=N`), are listed and drawn under their row as "<model>, seed N".
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 
 from absl import app, flags
 
@@ -35,6 +37,14 @@ def define_flags() -> None:
 ROWS = ("deq_transformer", "tcn", "lstm", "gru")
 NAMES = {"deq_transformer": "DEQ-Transformer", "tcn": "TCN", "lstm": "LSTM", "gru": "GRU"}
 WORKDIRS = {"deq_transformer": "copy_deq", "tcn": "copy_tcn", "lstm": "copy_lstm", "gru": "copy_gru"}
+
+
+def seed_workdirs(root: str, row: str) -> list[tuple[int, str]]:
+  """(seed, workdir) of the runs of `row` with another seed: `<root>/<row's workdir>_seed<N>`, by seed."""
+  pattern = re.compile(re.escape(WORKDIRS[row]) + r"_seed(\d+)")
+  names = os.listdir(root) if os.path.isdir(root) else []
+  found = [(int(m.group(1)), os.path.join(root, name)) for name in names if (m := pattern.fullmatch(name))]
+  return sorted(found)
 
 
 def read_run(workdir: str) -> dict | None:
@@ -60,55 +70,76 @@ def row_summary(run: dict, target: float) -> dict:
   }
 
 
+def table_line(head: str, run: dict, paper: str, target: float) -> str:
+  """The Markdown row of one run after `head` (model, parameters): loss, paper, steps, hours, digits, target."""
+  s = row_summary(run, target)
+  status = "" if s["finished"] else " (running)"
+  reached = "not reached" if s["reached"] is None else f"step {s['reached'][0]}, {s['reached'][1]:.2f} h"
+  accuracy = "" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
+  return f"{head} {s['loss']:.3g}{status} | {paper} | {s['step']} | {s['hours']:.2f} | {accuracy} | {reached} |"
+
+
 def main(argv):
   del argv
   print(f"Copy memory, T = 400; a model without memory scores {memoryless_loss(400):.4f}.\n")
   print("| model | parameters (paper) | held-out loss | paper | steps | hours | digits right | loss <= target at |")
   print("|---|---|---|---|---|---|---|---|")
-  runs = {}
+  runs = {}  # label -> run, in table order
   for row in ROWS:
     config = importlib.import_module(f"experiments.configs.copy_memory_{row}").get_config()
     params, _ = count_parameters(abstract_model(config))
-    head = f"| {NAMES[row]} | {params:,} ({config.paper.params}) |"
-    run = read_run(os.path.join(FLAGS.root, WORKDIRS[row]))
-    if run is None or not run["train"]:
-      print(f"{head} not run | {config.paper.loss:.3g} | | | | |")
-      continue
-    runs[row] = run
-    s = row_summary(run, FLAGS.target)
-    status = "" if s["finished"] else " (running)"
-    reached = "not reached" if s["reached"] is None else f"step {s['reached'][0]}, {s['reached'][1]:.2f} h"
-    accuracy = "" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
-    print(
-      f"{head} {s['loss']:.3g}{status} | {config.paper.loss:.3g} | {s['step']} | {s['hours']:.2f} |"
-      f" {accuracy} | {reached} |"
-    )
+    paper = f"{config.paper.loss:.3g}"
+    workdirs = [(NAMES[row], os.path.join(FLAGS.root, WORKDIRS[row]))]
+    workdirs += [(f"{NAMES[row]}, seed {seed}", path) for seed, path in seed_workdirs(FLAGS.root, row)]
+    for label, workdir in workdirs:
+      head = f"| {label} | {params:,} ({config.paper.params}) |"
+      run = read_run(workdir)
+      if run is None or not run["train"]:
+        print(f"{head} not run | {paper} | | | | |")
+        continue
+      runs[label] = run
+      print(table_line(head, run, paper, FLAGS.target))
   if FLAGS.png and runs:
     plot(runs, FLAGS.png)
     print(f"\nwrote {FLAGS.png}")
 
 
 def plot(runs: dict, path: str) -> None:
-  fig, (ax_loss, ax_solver) = plots.subplots(1, 2, figsize=(10, 3.6))
-  for row, run in runs.items():
+  """Left: held-out loss against training hours, one line per run. Right: the DEQ runs' solver steps and residual."""
+  fig, (ax_loss, ax_solver) = plots.subplots(1, 2, figsize=(10, 4.2))
+  for label, run in runs.items():
     hours = [e["train_seconds"] / 3600 for e in run["evals"]]
-    ax_loss.plot(hours, [e["heldout_loss"] for e in run["evals"]], marker=".", label=NAMES[row])
+    ax_loss.plot(hours, [e["heldout_loss"] for e in run["evals"]], marker=".", label=label)
   ax_loss.axhline(memoryless_loss(400), color="gray", linestyle="--", linewidth=1, label="no memory")
   ax_loss.axhline(FLAGS.target, color="black", linestyle=":", linewidth=1, label="target")
   ax_loss.set(yscale="log", xlabel="training hours (2-core CPU)", ylabel="held-out loss", title="Copy memory, T = 400")
-  ax_loss.legend(fontsize=8)
-  deq = [r for r in runs.get("deq_transformer", {"train": []})["train"] if "f_steps" in r]
-  if deq:
-    steps = [r["step"] for r in deq]
-    ax_solver.plot(steps, [r["f_steps"] for r in deq], label="forward steps")
-    ax_solver.plot(steps, [r["b_steps"] for r in deq], label="backward steps")
-    ax_res = ax_solver.twinx()
-    ax_res.plot(steps, [r["f_residual"] for r in deq], color="gray", linewidth=0.8, label="forward residual")
-    ax_res.set(yscale="log", ylabel="relative residual")
-    ax_solver.set(xlabel="training step", ylabel="solver steps", title="DEQ-Transformer solver")
-    ax_solver.legend(fontsize=8, loc="lower left")
+  ax_loss.legend(fontsize=7)
+  deq_runs = {label: run for label, run in runs.items() if label.startswith(NAMES["deq_transformer"])}
+  if deq_runs:
+    plot_solver(ax_solver, deq_runs)
+  else:
+    ax_solver.set_visible(False)
   fig.tight_layout()
   plots.save(fig, path)
+
+
+def plot_solver(ax_steps, deq_runs: dict) -> None:
+  """Forward / backward solver steps (left axis) and forward relative residual (right axis) over training steps;
+  the first run solid, runs of other seeds dashed."""
+  ax_res = ax_steps.twinx()
+  for i, (label, run) in enumerate(deq_runs.items()):
+    deq = [r for r in run["train"] if "f_steps" in r]
+    steps = [r["step"] for r in deq]
+    style = dict(linestyle="-" if i == 0 else "--", linewidth=1.2 if i == 0 else 0.9)
+    suffix = label[len(NAMES["deq_transformer"]) :]
+    ax_steps.plot(steps, [r["f_steps"] for r in deq], color="C0", label=f"forward steps{suffix}", **style)
+    ax_steps.plot(steps, [r["b_steps"] for r in deq], color="C1", label=f"backward steps{suffix}", **style)
+    ax_res.plot(steps, [r["f_residual"] for r in deq], color="gray", label=f"forward residual{suffix}", **style)
+  ax_res.set(yscale="log", ylabel="relative residual")
+  ax_steps.set(xlabel="training step", ylabel="solver steps", title="DEQ-Transformer solver")
+  lines = ax_steps.get_lines() + ax_res.get_lines()
+  labels = [line.get_label() for line in lines]
+  ax_steps.legend(lines, labels, fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
 
 
 if __name__ == "__main__":

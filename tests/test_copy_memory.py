@@ -183,19 +183,52 @@ def test_main_prints_the_test_loss_and_rejects_a_wrong_vocabulary(tmp_path):
   assert bad.returncode == 1 and "config.model.n_token=12, but the copy-memory task has 10 symbols" in bad.stderr
 
 
-def test_table_reports_when_the_target_was_first_reached(tmp_path, capsys):
-  from experiments import copy_memory_table
-
-  evals = [(250, 0.05, 600.0), (500, 5e-5, 1200.0), (750, 2e-5, 1800.0)]
+def write_run(workdir, evals, test_loss):
+  """A copy-memory metrics.jsonl: DEQ training records and held-out evaluations at (step, loss, seconds)."""
   lines = [
     {"step": s, "loss": loss, "mode": "deq", "f_steps": 9.0, "b_steps": 7.0, "f_residual": 1e-3} for s, loss, _ in evals
   ]
   lines += [{"step": s, "heldout_loss": loss, "digit_accuracy": 1.0, "train_seconds": t} for s, loss, t in evals]
-  lines.append({"step": 750, "test_loss": 2e-5, "train_seconds": 1800.0})
-  os.makedirs(tmp_path / "copy_deq")
-  with open(tmp_path / "copy_deq" / "metrics.jsonl", "w") as f:
+  if test_loss is not None:
+    lines.append({"step": evals[-1][0], "test_loss": test_loss, "train_seconds": evals[-1][2]})
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     f.write("\n".join(json.dumps(line) for line in lines))
+
+
+def test_table_reports_when_the_target_was_first_reached(tmp_path):
+  from experiments import copy_memory_table
+
+  write_run(tmp_path / "copy_deq", [(250, 0.05, 600.0), (500, 5e-5, 1200.0), (750, 2e-5, 1800.0)], 2e-5)
   summary = copy_memory_table.row_summary(copy_memory_table.read_run(str(tmp_path / "copy_deq")), 1e-4)
   assert summary["reached"] == (500, 1200.0 / 3600) and summary["loss"] == 2e-5 and summary["finished"]
   assert copy_memory_table.row_summary(copy_memory_table.read_run(str(tmp_path / "copy_deq")), 1e-5)["reached"] is None
   assert copy_memory_table.read_run(str(tmp_path / "copy_tcn")) is None
+
+
+def test_table_lists_other_seeds_under_their_row(tmp_path):
+  from experiments import copy_memory_table
+
+  write_run(tmp_path / "copy_deq", [(250, 0.05, 600.0), (500, 5e-5, 1200.0)], 5e-5)
+  write_run(tmp_path / "copy_deq_seed3", [(250, 0.04, 700.0), (500, 2e-4, 1400.0)], None)  # still running
+  write_run(tmp_path / "copy_deq_seed12", [(250, 0.05, 650.0), (500, 8e-5, 1300.0)], 8e-5)
+  write_run(tmp_path / "copy_deq_seedx", [(250, 0.05, 650.0)], None)  # not a seed: ignored
+  write_run(tmp_path / "copy_tcn_seed1", [(250, 0.05, 650.0)], None)  # another row's
+  assert copy_memory_table.seed_workdirs(str(tmp_path), "deq_transformer") == [
+    (3, str(tmp_path / "copy_deq_seed3")),
+    (12, str(tmp_path / "copy_deq_seed12")),
+  ]
+  png = tmp_path / "table.png"
+  command = [sys.executable, "-m", "experiments.copy_memory_table", f"--root={tmp_path}", f"--png={png}"]
+  out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+  rows = [line for line in out.splitlines() if line.startswith("| DEQ-Transformer")]
+  assert [row.split(" | ")[0] for row in rows] == [
+    "| DEQ-Transformer",
+    "| DEQ-Transformer, seed 3",
+    "| DEQ-Transformer, seed 12",
+  ]
+  assert "| 5e-05 | 3.5e-06 | 500 | 0.33 | 100.0% | step 500, 0.33 h |" in rows[0]
+  assert "| 0.0002 (running) | 3.5e-06 | 500 | 0.39 | 100.0% | not reached |" in rows[1]
+  assert "| 8e-05 | 3.5e-06 | 500 | 0.36 | 100.0% | step 500, 0.36 h |" in rows[2]
+  assert "| TCN, seed 1 |" in out and "| LSTM | 14,108 (14K) | not run |" in out
+  assert png.stat().st_size > 10_000
