@@ -47,6 +47,11 @@ def seed_workdirs(root: str, row: str) -> list[tuple[int, str]]:
   return sorted(found)
 
 
+def run_label(row: str, seed: int | None) -> str:
+  """The table's and the legend's name of a run: the model, and the seed where it is not the config's."""
+  return NAMES[row] if seed is None else f"{NAMES[row]}, seed {seed}"
+
+
 def read_run(workdir: str) -> dict | None:
   """Training records, evaluation records and the final test loss of one workdir (None: no metrics)."""
   return read_metrics(workdir, "heldout_loss", "test_loss")
@@ -84,37 +89,35 @@ def main(argv):
   print(f"Copy memory, T = 400; a model without memory scores {memoryless_loss(400):.4f}.\n")
   print("| model | parameters (paper) | held-out loss | paper | steps | hours | digits right | loss <= target at |")
   print("|---|---|---|---|---|---|---|---|")
-  runs = {}  # label -> run, in table order
+  runs = []  # (row, seed or None for the config's own, run), in table order
   for row in ROWS:
     config = importlib.import_module(f"experiments.configs.copy_memory_{row}").get_config()
     params, _ = count_parameters(abstract_model(config))
     paper = f"{config.paper.loss:.3g}"
-    workdirs = [(NAMES[row], os.path.join(FLAGS.root, WORKDIRS[row]))]
-    workdirs += [(f"{NAMES[row]}, seed {seed}", path) for seed, path in seed_workdirs(FLAGS.root, row)]
-    for label, workdir in workdirs:
-      head = f"| {label} | {params:,} ({config.paper.params}) |"
+    for seed, workdir in [(None, os.path.join(FLAGS.root, WORKDIRS[row])), *seed_workdirs(FLAGS.root, row)]:
+      head = f"| {run_label(row, seed)} | {params:,} ({config.paper.params}) |"
       run = read_run(workdir)
       if run is None or not run["train"]:
         print(f"{head} not run | {paper} | | | | |")
         continue
-      runs[label] = run
+      runs.append((row, seed, run))
       print(table_line(head, run, paper, FLAGS.target))
   if FLAGS.png and runs:
     plot(runs, FLAGS.png)
     print(f"\nwrote {FLAGS.png}")
 
 
-def plot(runs: dict, path: str) -> None:
+def plot(runs: list, path: str) -> None:
   """Left: held-out loss against training hours, one line per run. Right: the DEQ runs' solver steps and residual."""
   fig, (ax_loss, ax_solver) = plots.subplots(1, 2, figsize=(10, 4.2))
-  for label, run in runs.items():
+  for row, seed, run in runs:
     hours = [e["train_seconds"] / 3600 for e in run["evals"]]
-    ax_loss.plot(hours, [e["heldout_loss"] for e in run["evals"]], marker=".", label=label)
+    ax_loss.plot(hours, [e["heldout_loss"] for e in run["evals"]], marker=".", label=run_label(row, seed))
   ax_loss.axhline(memoryless_loss(400), color="gray", linestyle="--", linewidth=1, label="no memory")
   ax_loss.axhline(FLAGS.target, color="black", linestyle=":", linewidth=1, label="target")
   ax_loss.set(yscale="log", xlabel="training hours (2-core CPU)", ylabel="held-out loss", title="Copy memory, T = 400")
   ax_loss.legend(fontsize=7)
-  deq_runs = {label: run for label, run in runs.items() if label.startswith(NAMES["deq_transformer"])}
+  deq_runs = [(seed, run) for row, seed, run in runs if row == "deq_transformer"]
   if deq_runs:
     plot_solver(ax_solver, deq_runs)
   else:
@@ -123,15 +126,15 @@ def plot(runs: dict, path: str) -> None:
   plots.save(fig, path)
 
 
-def plot_solver(ax_steps, deq_runs: dict) -> None:
-  """Forward / backward solver steps (left axis) and forward relative residual (right axis) over training steps;
-  the first run solid, runs of other seeds dashed."""
+def plot_solver(ax_steps, deq_runs: list) -> None:
+  """Forward / backward solver steps (left axis) and forward relative residual (right axis) over training steps
+  of the DEQ runs, (seed, run) each: the config's own seed (None) solid, other seeds dashed."""
   ax_res = ax_steps.twinx()
-  for i, (label, run) in enumerate(deq_runs.items()):
+  for seed, run in deq_runs:
     deq = [r for r in run["train"] if "f_steps" in r]
     steps = [r["step"] for r in deq]
-    style = dict(linestyle="-" if i == 0 else "--", linewidth=1.2 if i == 0 else 0.9)
-    suffix = label[len(NAMES["deq_transformer"]) :]
+    style = dict(linestyle="-", linewidth=1.2) if seed is None else dict(linestyle="--", linewidth=0.9)
+    suffix = "" if seed is None else f", seed {seed}"
     ax_steps.plot(steps, [r["f_steps"] for r in deq], color="C0", label=f"forward steps{suffix}", **style)
     ax_steps.plot(steps, [r["b_steps"] for r in deq], color="C1", label=f"backward steps{suffix}", **style)
     ax_res.plot(steps, [r["f_residual"] for r in deq], color="gray", label=f"forward residual{suffix}", **style)
