@@ -80,9 +80,9 @@ def _body_loss(config, graphdef, body_params, rest, emb, memory, probe, key):
   if config.model_name == "transformer_xl":
     out, _ = model.body(emb, memory, keys=list(jax.random.split(key, config.model.n_layer)))
   elif config.model_name == "deq_transformer":
-    out, *_ = model.body(emb, memory, ff_key=key, mode=mode)
+    out, *_ = model.body(emb, memory, ff_key=key, mode=mode, training=True)
   else:
-    out, *_ = model.body(emb, memory, hidden_key=key, mode=mode)
+    out, *_ = model.body(emb, memory, hidden_key=key, mode=mode, training=True)
   return jnp.sum(out.astype(jnp.float32) * probe)
 
 
@@ -98,7 +98,7 @@ def body_step(config, batch, length, model=None):
   elif config.model_name == "deq_transformer":
     memory = Memory(spec(batch, length, c.d_model), spec(batch, length, 3 * c.n_head * c.d_head))
   else:
-    memory = TrellisMemory(spec(batch, 1, c.d_embed), spec(batch, 1, c.d_state), spec(batch, 1, c.d_state))
+    memory = TrellisMemory(spec(batch, 1, c.d_state), spec(batch, 1, c.d_state))
   out_width = c.nout if config.model_name == "deq_trellisnet" else c.d_model
   args = (body_params, rest, spec(batch, length, width), memory, spec(batch, length, out_width), jax.random.key(0))
   grad = jax.jit(jax.grad(functools.partial(_body_loss, config, graphdef)))

@@ -2,7 +2,7 @@
 
     tokens -> adaptive embedding x sqrt(d) -> variational dropout -> injection u = W_u e + b_u
     z* = f(z*; u, memory)  (DEQTransformerCell, per-sample Broyden, implicit backward)
-    output f(z*) -> variational dropout -> projected adaptive log-softmax (tied) -> NLL
+    z* (f(z*) in training) -> variational dropout -> projected adaptive log-softmax (tied) -> NLL
 
 The memory carried between segments holds the last `mem_len` equilibrium
 states and their injections, detached.
@@ -40,6 +40,11 @@ class DEQTransformerConfig(DEQSettings):
     div_val: width divisor between clusters.
     dropout: variational dropout on the embedding, the FFN hidden units and the output.
     mem_len: equilibrium states kept as memory for the next segment.
+    pre_lnorm: the reference's pre-LayerNorm variant of the cell (default: post-LayerNorm).
+    local_size: attention sees keys at distance < local_size; 0 is the reference's 1000.
+    tie_weights: the softmax's output tables are the embedding's (False: its own).
+    tie_projs: per cluster, whether the softmax reuses the embedding's projection (None: the
+      reference training script's choice, the head's own and the tails' tied).
   """
 
   n_token: int
@@ -52,6 +57,10 @@ class DEQTransformerConfig(DEQSettings):
   div_val: int = 1
   dropout: float = 0.0
   mem_len: int = 0
+  pre_lnorm: bool = False
+  local_size: int = 0
+  tie_weights: bool = True
+  tie_projs: tuple[bool, ...] | None = None
 
   def __post_init__(self):
     if self.d_head is None:
@@ -67,6 +76,15 @@ class DEQTransformerConfig(DEQSettings):
       check_cutoffs(self.n_token, self.cutoffs, self.div_val)
     if not 0 <= self.dropout < 1:
       raise ValueError(f"dropout must be in [0, 1); got {self.dropout}.")
+    if isinstance(self.local_size, bool) or not isinstance(self.local_size, int) or self.local_size < 0:
+      raise ValueError(f"local_size must be an int >= 0 (0: the reference's 1000); got {self.local_size!r}.")
+    if self.tie_projs is not None:
+      object.__setattr__(self, "tie_projs", tuple(self.tie_projs))
+
+  @property
+  def attention_window(self) -> int:
+    """Keys at this distance or more are masked (the reference maps local_size 0 to 1000)."""
+    return self.local_size or 1000
 
 
 class Memory(NamedTuple):
@@ -89,16 +107,29 @@ class DEQTransformerLM(nnx.Module):
     self.config = c
     self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
     self.injection = nnx.Linear(c.d_model, 3 * c.n_head * c.d_head, rngs=rngs)
-    self.cell = DEQTransformerCell(c.d_model, c.n_head, c.d_head, c.d_inner, rngs=rngs)
-    self.softmax = ProjectedAdaptiveLogSoftmax(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
+    self.cell = DEQTransformerCell(
+      c.d_model, c.n_head, c.d_head, c.d_inner, pre_lnorm=c.pre_lnorm, window=c.attention_window, rngs=rngs
+    )
+    self.softmax = ProjectedAdaptiveLogSoftmax(
+      c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, tie_weights=c.tie_weights, tie_projs=c.tie_projs,
+      rngs=rngs,
+    )  # fmt: skip
 
   def init_memory(self, batch: int, dtype=jnp.float32) -> Memory:
-    """An empty memory (length 0): the first segment sees no context."""
+    """An empty memory (length 0), as the reference's: the first segment sees no context."""
     c = self.config
     return Memory(jnp.zeros((batch, 0, c.d_model), dtype), jnp.zeros((batch, 0, 3 * c.n_head * c.d_head), dtype))
 
   def body(
-    self, emb: jax.Array, memory: Memory | None, *, ff_key=None, mode: str = "deq", jac_key=None, **solver_overrides
+    self,
+    emb: jax.Array,
+    memory: Memory | None,
+    *,
+    ff_key=None,
+    mode: str = "deq",
+    training: bool = False,
+    jac_key=None,
+    **solver_overrides,
   ):
     """Everything between the embedding and the softmax.
 
@@ -106,6 +137,7 @@ class DEQTransformerLM(nnx.Module):
       emb: `[b, q, d_model]` (dropped-out) embeddings; their dtype is the compute dtype.
       memory: the previous segment's `Memory`, or None.
       ff_key: PRNG key of the FFN's variational mask (None: no dropout).
+      training: a training call (the softmax reads f(z*) with `feed_fz`, z* otherwise).
       jac_key: PRNG key of the Jacobian penalty's probe (None: not computed).
 
     Returns:
@@ -123,7 +155,7 @@ class DEQTransformerLM(nnx.Module):
     weights = jax.tree.map(lambda w: w.astype(dtype), weights)
     z0 = jnp.zeros((b, q, c.d_model), dtype)
     z_star, out, info, jac = cell_output(
-      DEQTransformerCell.step, weights, inputs, z0, c, mode=mode, jac_key=jac_key, **solver_overrides
+      self.cell.f, weights, inputs, z0, c, mode=mode, training=training, jac_key=jac_key, **solver_overrides
     )
     new_memory = jax.lax.stop_gradient(
       Memory(slide_memory(memory.z, z_star, c.mem_len), slide_memory(memory.u, u, c.mem_len))
@@ -145,7 +177,8 @@ class DEQTransformerLM(nnx.Module):
     """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the memory.
 
     Args:
-      dropout_key: PRNG key for the variational masks; None evaluates (no dropout).
+      dropout_key: PRNG key for the variational masks: a training call. None evaluates (no
+        dropout, the softmax reads z*).
       mode: "deq" or "pretrain" (unrolled `pretrain_depth` layers).
       dtype: compute dtype of the cell (e.g. jnp.bfloat16); the softmax runs in at least float32.
       jac_key: PRNG key for the Jacobian penalty (`jac_loss`); None skips it.
@@ -164,7 +197,9 @@ class DEQTransformerLM(nnx.Module):
     b = tokens.shape[0]
     keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
     emb = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
-    out, new_memory, info, jac = self.body(emb, memory, ff_key=keys[1], mode=mode, jac_key=jac_key, **solver_overrides)
+    out, new_memory, info, jac = self.body(
+      emb, memory, ff_key=keys[1], mode=mode, training=dropout_key is not None, jac_key=jac_key, **solver_overrides
+    )
     out = apply_mask(out, variational_mask(keys[2], b, c.d_model, c.dropout, dtype))
     return out, new_memory, info, jac
 

@@ -1,8 +1,8 @@
 """DEQ-TrellisNet language model (Bai et al., 2019), as the reference code ships it.
 
-tokens -> embedding -> variational dropout -> causal-conv injection
+tokens -> embedding -> variational dropout -> causal-conv injection (zero left padding)
 z* = f(z*; injection, history)   (DEQTrellisNetCell; z = {h, c}; per-sample Broyden)
-output: last nout channels of h (of f(z*)) -> variational dropout -> split softmax tied to the embedding
+output: last nout channels of h of z* (f(z*) in training) -> variational dropout -> split softmax (tied)
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ class DEQTrellisNetConfig(DEQSettings):
 
   Attributes:
     n_token: vocabulary size.
-    d_embed: embedding width (= nout: the decoder is tied to the embedding).
+    d_embed: embedding width (= nout when the decoder is tied to the embedding).
     nhid, nout: hidden and output channels; the state has H = nhid + nout channels.
     cutoffs: split-softmax boundaries (empty: a plain tied softmax).
     dropout_input, dropout_hidden, dropout_output: variational dropout rates.
+    kernel_size, dilation: of the injection (no dilation) and recurrent convolutions.
+    tie_weights: the decoder is the embedding table (False: its own `[n_token, nout]`).
   """
 
   n_token: int
@@ -41,13 +43,20 @@ class DEQTrellisNetConfig(DEQSettings):
   dropout_input: float = 0.0
   dropout_hidden: float = 0.0
   dropout_output: float = 0.0
+  kernel_size: int = 2
+  dilation: int = 1
+  tie_weights: bool = True
   f_max_iter: int = dataclasses.field(default=45, kw_only=True)
   b_max_iter: int = dataclasses.field(default=45, kw_only=True)
   pretrain_depth: int = dataclasses.field(default=40, kw_only=True)
 
   def __post_init__(self):
-    if self.nout != self.d_embed:
+    if self.tie_weights and self.nout != self.d_embed:
       raise ValueError(f"nout={self.nout} must equal d_embed={self.d_embed}: the decoder is tied to the embedding.")
+    for name in ("kernel_size", "dilation"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1; got {value!r}.")
     object.__setattr__(self, "cutoffs", tuple(self.cutoffs))
     check_cutoffs(self.n_token, self.cutoffs, 1)
     for name in ("dropout_input", "dropout_hidden", "dropout_output"):
@@ -60,9 +69,8 @@ class DEQTrellisNetConfig(DEQSettings):
 
 
 class TrellisMemory(NamedTuple):
-  """The previous segment's last input embedding `x` `[b, 1, d_embed]` and state `h`, `c` `[b, 1, H]`."""
+  """The previous segment's last state `h`, `c` `[b, 1, H]` (the reference's `z*[:, :, -1:]`)."""
 
-  x: jax.Array
   h: jax.Array
   c: jax.Array
 
@@ -79,13 +87,15 @@ class DEQTrellisNetLM(nnx.Module):
     c = config
     self.config = c
     self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_embed, (), 1, scale=False, rngs=rngs)
-    self.cell = DEQTrellisNetCell(c.d_embed, c.d_state, rngs=rngs)
-    self.softmax = ProjectedAdaptiveLogSoftmax(c.n_token, c.d_embed, c.d_embed, c.cutoffs, 1, rngs=rngs)
+    self.cell = DEQTrellisNetCell(c.d_embed, c.d_state, kernel_size=c.kernel_size, dilation=c.dilation, rngs=rngs)
+    self.softmax = ProjectedAdaptiveLogSoftmax(
+      c.n_token, c.nout, c.nout, c.cutoffs, 1, tie_weights=c.tie_weights, rngs=rngs
+    )
 
   def init_memory(self, batch: int, dtype=jnp.float32) -> TrellisMemory:
-    c = self.config
-    zeros = lambda d: jnp.zeros((batch, 1, d), dtype)
-    return TrellisMemory(zeros(c.d_embed), zeros(c.d_state), zeros(c.d_state))
+    """Zeros, as the reference's initial memory."""
+    zeros = jnp.zeros((batch, 1, self.config.d_state), dtype)
+    return TrellisMemory(zeros, zeros)
 
   def body(
     self,
@@ -94,6 +104,7 @@ class DEQTrellisNetLM(nnx.Module):
     *,
     hidden_key=None,
     mode: str = "deq",
+    training: bool = False,
     jac_key=None,
     **solver_overrides,
   ):
@@ -103,6 +114,7 @@ class DEQTrellisNetLM(nnx.Module):
       x: `[b, q, d_embed]` (dropped-out) embeddings; their dtype is the compute dtype.
       memory: the previous segment's `TrellisMemory`, or None.
       hidden_key: PRNG key of the variational mask on h (None: no dropout).
+      training: a training call (the softmax reads f(z*) with `feed_fz`, z* otherwise).
       jac_key: PRNG key of the Jacobian penalty's probe (None: not computed).
 
     Returns:
@@ -114,13 +126,13 @@ class DEQTrellisNetLM(nnx.Module):
     dtype = x.dtype
     memory = self.init_memory(b, dtype) if memory is None else memory
     h_mask = variational_mask(hidden_key, b, c.d_state, c.dropout_hidden, dtype)
-    weights, inputs = self.cell.prepare(x, memory.x, memory.h, memory.c, h_mask)
+    weights, inputs = self.cell.prepare(x, memory.h.astype(dtype), memory.c.astype(dtype), h_mask)
     weights = jax.tree.map(lambda w: w.astype(dtype), weights)
     z0 = {"h": jnp.zeros((b, q, c.d_state), dtype), "c": jnp.zeros((b, q, c.d_state), dtype)}
     z_star, z_out, info, jac = cell_output(
-      DEQTrellisNetCell.step, weights, inputs, z0, c, mode=mode, jac_key=jac_key, **solver_overrides
+      self.cell.f, weights, inputs, z0, c, mode=mode, training=training, jac_key=jac_key, **solver_overrides
     )
-    new_memory = jax.lax.stop_gradient(TrellisMemory(x[:, -1:], z_star["h"][:, -1:], z_star["c"][:, -1:]))
+    new_memory = jax.lax.stop_gradient(TrellisMemory(z_star["h"][:, -1:], z_star["c"][:, -1:]))
     return z_out["h"][..., -c.nout :], new_memory, info, jac
 
   def __call__(
@@ -135,7 +147,10 @@ class DEQTrellisNetLM(nnx.Module):
     jac_key: jax.Array | None = None,
     **solver_overrides,
   ) -> TrellisOutput:
-    """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the previous segment's history."""
+    """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the previous segment's history.
+
+    Arguments as `DEQTransformerLM.__call__` (a `dropout_key` makes it a training call).
+    """
     c = self.config
     b, q = tokens.shape
     keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
@@ -143,7 +158,7 @@ class DEQTrellisNetLM(nnx.Module):
       self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_embed, c.dropout_input, dtype)
     )
     out, new_memory, info, jac = self.body(
-      x, memory, hidden_key=keys[1], mode=mode, jac_key=jac_key, **solver_overrides
+      x, memory, hidden_key=keys[1], mode=mode, training=dropout_key is not None, jac_key=jac_key, **solver_overrides
     )
     out = apply_mask(out, variational_mask(keys[2], b, c.nout, c.dropout_output, dtype))
     acc = jnp.promote_types(dtype, jnp.float32)

@@ -45,9 +45,15 @@ class TransformerXLLM(nnx.Module):
     self.config = c
     self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
     self.layers = nnx.List(
-      DEQTransformerCell(c.d_model, c.n_head, c.d_head, c.d_inner, rngs=rngs) for _ in range(c.n_layer)
+      DEQTransformerCell(
+        c.d_model, c.n_head, c.d_head, c.d_inner, pre_lnorm=c.pre_lnorm, window=c.attention_window, rngs=rngs
+      )
+      for _ in range(c.n_layer)
     )
-    self.softmax = ProjectedAdaptiveLogSoftmax(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
+    self.softmax = ProjectedAdaptiveLogSoftmax(
+      c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, tie_weights=c.tie_weights, tie_projs=c.tie_projs,
+      rngs=rngs,
+    )  # fmt: skip
 
   def init_memory(self, batch: int, dtype=jnp.float32) -> tuple[jax.Array, ...]:
     return tuple(jnp.zeros((batch, 0, self.config.d_model), dtype) for _ in range(self.config.n_layer))
@@ -65,7 +71,7 @@ class TransformerXLLM(nnx.Module):
       pos_emb = sinusoid_positions(mem.shape[1] + h.shape[1], c.d_model, dtype)
       ff_mask = variational_mask(key, b, c.d_inner, c.dropout, dtype)
       weights, inputs = layer.prepare(None, None, mem.astype(dtype), pos_emb, ff_mask)
-      h = DEQTransformerCell.step(jax.tree.map(lambda w: w.astype(dtype), weights), h, inputs)
+      h = layer.f(jax.tree.map(lambda w: w.astype(dtype), weights), h, inputs)
     return h, tuple(new_memory)
 
   def __call__(self, tokens, targets, memory=None, *, dropout_key=None, dtype=jnp.float32) -> XLOutput:

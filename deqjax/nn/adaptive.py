@@ -28,6 +28,16 @@ def check_cutoffs(n_token: int, cutoffs, div_val: int) -> tuple[int, ...]:
   return (0,) + cutoffs + (n_token,)
 
 
+def check_tie_projs(tie_projs, n_clusters: int) -> tuple[bool, ...]:
+  """Per-cluster projection tying (None: `default_tie_projs`); missing trailing entries are untied, as the reference."""
+  if tie_projs is None:
+    return default_tie_projs(n_clusters)
+  tie_projs = tuple(tie_projs)
+  if len(tie_projs) > n_clusters or not all(isinstance(t, bool) for t in tie_projs):
+    raise ValueError(f"tie_projs must hold at most {n_clusters} bools (one per cluster); got {list(tie_projs)}.")
+  return tie_projs + (False,) * (n_clusters - len(tie_projs))
+
+
 def cluster_dims(d_embed: int, n_clusters: int, div_val: int) -> list[int]:
   return [d_embed // div_val**i for i in range(n_clusters)]
 
@@ -60,19 +70,39 @@ class AdaptiveEmbedding(nnx.Module):
     return out * self.scale
 
 
+def default_tie_projs(n_clusters: int) -> tuple[bool, ...]:
+  """The reference training script's choice: the head projection untied, the tail clusters' tied."""
+  return (False,) + (True,) * (n_clusters - 1)
+
+
 class ProjectedAdaptiveLogSoftmax(nnx.Module):
-  """Log-probabilities over the vocabulary, tied to an `AdaptiveEmbedding`.
+  """Log-probabilities over the vocabulary, normally tied to an `AdaptiveEmbedding`.
 
   Own parameters: one bias per word, the cluster tokens' weights and biases in
-  the head, and the head projection (the tail clusters share the embedding's
-  projections). The embedding is passed at call time, so tied weights exist
-  once.
+  the head, the projections of the clusters whose `tie_projs` entry is False
+  (default: the head's only) and, with `tie_weights=False`, output tables of
+  the embedding's shapes. Tied weights are read from the embedding passed at
+  call time, so they exist once. Projections are `[d_proj, d_i]`, applied as
+  h -> h @ P; tied ones are the embedding's projection of the same cluster
+  (its single projection when div_val is 1).
   """
 
-  def __init__(self, n_token, d_embed, d_proj, cutoffs, div_val=1, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    n_token,
+    d_embed,
+    d_proj,
+    cutoffs,
+    div_val=1,
+    *,
+    tie_weights: bool = True,
+    tie_projs: tuple[bool, ...] | None = None,
+    rngs: nnx.Rngs,
+  ):
     # Clusters follow the cutoffs even with div_val = 1 (one embedding table, sliced by rows).
     self.bounds = check_cutoffs(n_token, cutoffs, div_val)
     n_clusters = len(self.bounds) - 1
+    self.tie_projs = check_tie_projs(tie_projs, n_clusters)
     self.biases = nnx.List(
       nnx.Param(jnp.zeros((hi - lo,), jnp.float32)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True)
     )
@@ -80,22 +110,35 @@ class ProjectedAdaptiveLogSoftmax(nnx.Module):
     self.cluster_weight = nnx.Param(jnp.zeros((n_clusters - 1, dims[0]), jnp.float32)) if n_clusters > 1 else None
     self.cluster_bias = nnx.Param(jnp.zeros((n_clusters - 1,), jnp.float32)) if n_clusters > 1 else None
     needs_proj = div_val > 1 or d_proj != d_embed
-    self.head_proj = (
-      nnx.Param(0.01 * jax.random.normal(rngs.params(), (d_proj, dims[0]), jnp.float32)) if needs_proj else None
+    self.projs = nnx.Dict(
+      {
+        str(i): nnx.Param(0.01 * jax.random.normal(rngs.params(), (d_proj, dims[i]), jnp.float32))
+        for i in range(n_clusters)
+        if needs_proj and not self.tie_projs[i]
+      }
+    )
+    sizes = [hi - lo for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True)]
+    table_shapes = [(n_token, d_embed)] if div_val == 1 else list(zip(sizes, dims, strict=True))
+    self.tables = (
+      None
+      if tie_weights
+      else nnx.List(nnx.Param(0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)) for shape in table_shapes)
     )
 
   def _projection(self, i, embedding: AdaptiveEmbedding):
-    if i == 0:
-      return None if self.head_proj is None else self.head_proj[...]
-    if not len(embedding.projs):
+    """Cluster i's projection `[d_proj, d_i]`, or None (no projection)."""
+    if str(i) in self.projs:
+      return self.projs[str(i)][...]
+    if not self.tie_projs[i] or not len(embedding.projs):
       return None
     return embedding.projs[min(i, len(embedding.projs) - 1)][...]
 
   def _output_weight(self, i, embedding: AdaptiveEmbedding):
     """Cluster i's output weights `[size_i, d_i]`: its table, or its rows of the single table."""
-    if len(embedding.tables) == 1:
-      return embedding.tables[0][...][self.bounds[i] : self.bounds[i + 1]]
-    return embedding.tables[i][...]
+    tables = embedding.tables if self.tables is None else self.tables
+    if len(tables) == 1:
+      return tables[0][...][self.bounds[i] : self.bounds[i + 1]]
+    return tables[i][...]
 
   def _cluster_logprobs(self, hidden, embedding):
     """[head log-probs [N, c0 + n_clusters - 1], tail log-probs per cluster [N, size_i]]."""

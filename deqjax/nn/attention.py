@@ -10,11 +10,19 @@ import jax
 import jax.numpy as jnp
 
 
+def inverse_frequencies(d_model: int, dtype=jnp.float32) -> jax.Array:
+  """`[d_model // 2]` frequencies 1 / 10000^(2j / d_model) of the sinusoidal embeddings."""
+  return 1.0 / (10000 ** (jnp.arange(0, d_model, 2, dtype=dtype) / d_model))
+
+
 def sinusoid_positions(klen: int, d_model: int, dtype=jnp.float32) -> jax.Array:
-  """Relative position embeddings for distances klen-1, ..., 0: `[klen, d_model]` ([sin, cos])."""
-  positions = jnp.arange(klen - 1, -1, -1, dtype=jnp.float32)
-  inv_freq = 1.0 / (10000 ** (jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model))
-  angles = positions[:, None] * inv_freq[None, :]
+  """Relative position embeddings for distances klen-1, ..., 0: `[klen, d_model]` ([sin, cos], not interleaved).
+
+  Computed in at least float32 (float64 for a float64 `dtype`), then cast to `dtype`.
+  """
+  acc = jnp.promote_types(dtype, jnp.float32)
+  positions = jnp.arange(klen - 1, -1, -1, dtype=acc)
+  angles = positions[:, None] * inverse_frequencies(d_model, acc)[None, :]
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).astype(dtype)
 
 
@@ -31,23 +39,29 @@ def rel_shift(x: jax.Array) -> jax.Array:
   return padded.reshape(*lead, k + 1, q)[..., 1:, :].reshape(*lead, q, k)
 
 
-def causal_mask(qlen: int, mlen: int) -> jax.Array:
-  """`[q, k]` True where query i may attend key j (j <= m + i): all memory, past and self."""
-  return jnp.arange(mlen + qlen)[None, :] <= (jnp.arange(qlen)[:, None] + mlen)
+def causal_mask(qlen: int, mlen: int, window: int | None = None) -> jax.Array:
+  """`[q, k]` True where query i may attend key j.
+
+  Key j is visible when j <= m + i (all memory, past and self) and, with a `window`, when its
+  distance m + i - j is below `window` (the reference's local attention).
+  """
+  distance = (jnp.arange(qlen)[:, None] + mlen) - jnp.arange(mlen + qlen)[None, :]
+  visible = distance >= 0
+  return visible if window is None else visible & (distance < window)
 
 
-def _one_head(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int):
+def _one_head(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int, window: int | None):
   """One head: q `[b, q, d]`, k, v `[b, k, d]`, r_k `[k, d]`, biases `[d]` -> `[b, q, d]`."""
   scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))  # folded into the queries: [b, q, d], not [b, q, k]
   content = jnp.einsum("bqd,bkd->bqk", (q + r_w_bias[None, None].astype(q.dtype)) * scale, k)
   position = rel_shift(jnp.einsum("bqd,kd->bqk", (q + r_r_bias[None, None].astype(q.dtype)) * scale, r_k))
   acc = jnp.promote_types(q.dtype, jnp.float32)  # float32 for 16-bit inputs, float64 stays
-  scores = jnp.where(causal_mask(q.shape[1], mlen)[None], (content + position).astype(acc), -jnp.inf)
+  scores = jnp.where(causal_mask(q.shape[1], mlen, window)[None], (content + position).astype(acc), -jnp.inf)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum("bqk,bkd->bqd", probs, v)
 
 
-def relative_attention(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int) -> jax.Array:
+def relative_attention(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int, window: int | None = None) -> jax.Array:
   """Transformer-XL attention with learnable content/position biases.
 
   Heads are computed one at a time (`lax.map`) and rematerialised under
@@ -61,11 +75,12 @@ def relative_attention(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int) -> jax.Array
     r_k: `[k, h, d]` projected relative position embeddings (distances k-1..0).
     r_w_bias, r_r_bias: `[h, d]` content and position biases.
     mlen: memory length m (static).
+    window: keys at distance >= window are masked (static; None: no limit).
 
   Returns:
     `[b, q, h, d]` attention output (softmax in at least float32).
   """
-  head = jax.checkpoint(lambda args: _one_head(*args, mlen))
+  head = jax.checkpoint(lambda args: _one_head(*args, mlen, window))
   heads_first = lambda a, axis: jnp.moveaxis(a, axis, 0)
   per_head = (heads_first(q, 2), heads_first(k, 2), heads_first(v, 2), heads_first(r_k, 1), r_w_bias, r_r_bias)
   out = jax.lax.map(head, per_head)  # [h, b, q, d]

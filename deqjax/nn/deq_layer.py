@@ -85,7 +85,9 @@ class DEQSettings:
     broyden_history: Broyden updates kept per solve (None: all, as the reference; fewer saves
       2 x history x state memory per solve).
     pretrain_depth: unrolled layers in the pretraining mode.
-    feed_fz: feed f(z*) rather than z* to the softmax, as the 2019 reference does.
+    feed_fz: in training, feed f(z*) rather than z* to the softmax, as the 2019 reference does
+      (its `deqback` applies f once more, with gradients, to the equilibrium). Evaluation and the
+      unrolled pretraining mode read the state itself, as the reference does.
   """
 
   f_max_iter: int = 30
@@ -113,14 +115,25 @@ class DEQSettings:
 
 
 def cell_output(
-  step, weights, inputs, z0, settings: DEQSettings, *, mode: str, jac_key=None, settle_iters=0, **solver_overrides
+  step,
+  weights,
+  inputs,
+  z0,
+  settings: DEQSettings,
+  *,
+  mode: str,
+  training: bool,
+  jac_key=None,
+  settle_iters=0,
+  **solver_overrides,
 ):
   """A language model's cell stage: the equilibrium (or the unrolled state), what the softmax reads, and more.
 
   `settle_iters` is `solve_cell`'s (pretraining only); `solver_overrides` override `settings.solver_options`.
 
   Returns:
-    (z, output, info, jac): z from `solve_cell`; output = f(z) with `settings.feed_fz`, else z;
+    (z, output, info, jac): z from `solve_cell`; output = f(z) when training in DEQ mode with
+    `settings.feed_fz`, else z;
     the forward `SolveInfo` (None when pretraining); the per-sample `jacobian_penalty` when
     `jac_key` is given, else None. Every state leaf has the batch on axis 0.
   """
@@ -128,7 +141,7 @@ def cell_output(
   z, info = solve_cell(
     step, weights, inputs, z0, mode=mode, pretrain_depth=settings.pretrain_depth, settle_iters=settle_iters, **options
   )
-  output = step(weights, z, inputs) if settings.feed_fz else z
+  output = step(weights, z, inputs) if settings.feed_fz and training and mode == "deq" else z
   jac = None if jac_key is None else jacobian_penalty(step, weights, z, inputs, jac_key)
   return z, output, info, jac
 

@@ -1,16 +1,28 @@
 """The DEQ-Transformer cell f(z; u): a weight-tied Transformer-XL layer with input injection.
 
+post-LayerNorm (the reference's default):
+
     qkv = W_qkv [z_mem; z] + u                      (u injected into Q, K and V, memory included)
     a   = W_o RelAttn(q, k, v; r = W_r pos) + b_o
     z'  = LN(z + a)
     f   = LN(z' + W_2 drop(ReLU(W_1 z' + b_1)) + b_2)
 
+pre-LayerNorm (the reference's `pre_lnorm=True`):
+
+    qkv = W_qkv LN([z_mem; z]) + u
+    z'  = LN(z + a)                                 (a as above; the residual adds the normalised z')
+    f   = z' + W_2 drop(ReLU(W_1 z' + b_1)) + b_2
+
 LayerNorm has no learnable scale or bias; qkv, r, o, ff1 and ff2 are weight
-normalised. Shapes: z `[batch, q, d_model]`, memory `[batch, m, d_model]`,
+normalised. Attention is causal over [memory; segment] and, as the reference's
+`local_size`, limited to keys at distance below `window` (None: unlimited).
+Shapes: z `[batch, q, d_model]`, memory `[batch, m, d_model]`,
 u `[batch, q, 3 * n_head * d_head]` (and `[batch, m, ...]` for the memory).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +42,17 @@ class DEQTransformerCell(nnx.Module):
   `deqjax.fixed_point`.
   """
 
-  def __init__(self, d_model: int, n_head: int, d_head: int, d_inner: int, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    d_model: int,
+    n_head: int,
+    d_head: int,
+    d_inner: int,
+    *,
+    pre_lnorm: bool = False,
+    window: int | None = None,
+    rngs: nnx.Rngs,
+  ):
     width = n_head * d_head
     self.qkv = WeightNormDense(d_model, 3 * width, use_bias=False, rngs=rngs)
     self.r_net = WeightNormDense(d_model, width, use_bias=False, rngs=rngs)
@@ -40,6 +62,12 @@ class DEQTransformerCell(nnx.Module):
     self.ff1 = WeightNormDense(d_model, d_inner, use_bias=True, rngs=rngs)
     self.ff2 = WeightNormDense(d_inner, d_model, use_bias=True, rngs=rngs)
     self.n_head, self.d_head = n_head, d_head
+    self.pre_lnorm, self.window = pre_lnorm, window
+
+  @property
+  def f(self):
+    """The pure f(weights, z, inputs) of this cell's variant (`step` with its static options bound)."""
+    return functools.partial(DEQTransformerCell.step, pre_lnorm=self.pre_lnorm, window=self.window)
 
   def prepare(
     self,
@@ -64,7 +92,8 @@ class DEQTransformerCell(nnx.Module):
     b, m = z_mem.shape[:2]
     h, d = self.n_head, self.d_head
     qkv = self.qkv.weights()
-    mem_qkv = dense(qkv, z_mem) if u_mem is None else dense(qkv, z_mem) + u_mem
+    mem_qkv = dense(qkv, layer_norm(z_mem) if self.pre_lnorm else z_mem)
+    mem_qkv = mem_qkv if u_mem is None else mem_qkv + u_mem
     k_mem, v_mem = mem_qkv[..., h * d : 2 * h * d], mem_qkv[..., 2 * h * d :]
     weights = {
       "qkv": qkv,
@@ -84,11 +113,11 @@ class DEQTransformerCell(nnx.Module):
     return weights, inputs
 
   @staticmethod
-  def step(weights: dict, z: jax.Array, inputs: dict) -> jax.Array:
-    """f(z): `[b, q, d_model]` -> `[b, q, d_model]`."""
+  def step(weights: dict, z: jax.Array, inputs: dict, *, pre_lnorm: bool = False, window: int | None = None):
+    """f(z): `[b, q, d_model]` -> `[b, q, d_model]` (`pre_lnorm`, `window` as the cell's)."""
     b, q, _ = z.shape
     h, d = weights["r_w_bias"].shape
-    qkv = dense(weights["qkv"], z)
+    qkv = dense(weights["qkv"], layer_norm(z) if pre_lnorm else z)
     if inputs["u"] is not None:  # None: an ordinary (uninjected) Transformer-XL layer
       qkv = qkv + inputs["u"].astype(z.dtype)
     query = qkv[..., : h * d].reshape(b, q, h, d)
@@ -96,11 +125,12 @@ class DEQTransformerCell(nnx.Module):
     value = jnp.concatenate([inputs["v_mem"].astype(z.dtype), qkv[..., 2 * h * d :].reshape(b, q, h, d)], axis=1)
     mlen = inputs["k_mem"].shape[1]
     attn = relative_attention(
-      query, key, value, inputs["r_k"].astype(z.dtype), weights["r_w_bias"], weights["r_r_bias"], mlen
+      query, key, value, inputs["r_k"].astype(z.dtype), weights["r_w_bias"], weights["r_r_bias"], mlen, window
     )
     z1 = layer_norm(z + dense(weights["o"], attn.reshape(b, q, h * d)))
     hidden = apply_mask(jax.nn.relu(dense(weights["ff1"], z1)), inputs["ff_mask"])
-    return layer_norm(z1 + dense(weights["ff2"], hidden))
+    out = z1 + dense(weights["ff2"], hidden)
+    return out if pre_lnorm else layer_norm(out)
 
 
 def slide_memory(old: jax.Array, new: jax.Array, keep: int) -> jax.Array:
