@@ -9,6 +9,7 @@ from deqjax.models.deq_transformer import (
   Memory,
 )
 from deqjax.models.deq_trellisnet import DEQTrellisNetConfig, DEQTrellisNetLM, TrellisMemory, TrellisOutput
+from deqjax.models.reference import from_reference, to_reference
 from deqjax.models.sequence import TCN, ClassifierOutput, RecurrentClassifier, RecurrentConfig, TCNConfig
 from deqjax.models.transformer_xl import TransformerXLConfig, TransformerXLLM, XLOutput
 
@@ -31,4 +32,6 @@ __all__ = [
   "TransformerXLConfig",
   "TransformerXLLM",
   "XLOutput",
+  "from_reference",
+  "to_reference",
 ]

@@ -19,7 +19,7 @@ from flax import nnx
 
 from deqjax._info import SolveInfo
 from deqjax.models.sequence import ClassifierOutput, classifier_output
-from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
+from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs, check_tie_projs
 from deqjax.nn.attention import sinusoid_positions
 from deqjax.nn.deq_layer import DEQSettings, cell_output
 from deqjax.nn.dropout import apply_mask, variational_mask
@@ -44,7 +44,8 @@ class DEQTransformerConfig(DEQSettings):
     local_size: attention sees keys at distance < local_size; 0 is the reference's 1000.
     tie_weights: the softmax's output tables are the embedding's (False: its own).
     tie_projs: per cluster, whether the softmax reuses the embedding's projection (None: the
-      reference training script's choice, the head's own and the tails' tied).
+      reference training script's choice, the head's own and the tails' tied; missing trailing
+      entries are untied, as in the reference). Resolved to one bool per cluster.
   """
 
   n_token: int
@@ -78,8 +79,7 @@ class DEQTransformerConfig(DEQSettings):
       raise ValueError(f"dropout must be in [0, 1); got {self.dropout}.")
     if isinstance(self.local_size, bool) or not isinstance(self.local_size, int) or self.local_size < 0:
       raise ValueError(f"local_size must be an int >= 0 (0: the reference's 1000); got {self.local_size!r}.")
-    if self.tie_projs is not None:
-      object.__setattr__(self, "tie_projs", tuple(self.tie_projs))
+    object.__setattr__(self, "tie_projs", check_tie_projs(self.tie_projs, len(self.cutoffs) + 1))
 
   @property
   def attention_window(self) -> int:
