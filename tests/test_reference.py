@@ -295,3 +295,47 @@ def test_bad_hparams_are_named(transformer_dump):
     from_reference({"foo.weight": np.zeros(2)}, {})
   with pytest.raises(TypeError, match="DEQTransformerLM or DEQTrellisNetLM"):
     to_reference(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+
+
+VARIANT_DUMPS = os.path.join(os.path.dirname(__file__), "data", "reference_variants")
+
+
+def reference_variants():
+  with open(os.path.join(VARIANT_DUMPS, "variants.json")) as f:
+    return json.load(f)
+
+
+@pytest.mark.parametrize("name", sorted(reference_variants()))
+def test_reference_variants_match_in_float64(name):
+  """Other sizes, seeds and options, run by the reference itself (experiments/tools/reference_dumps.py).
+
+  Pre-LayerNorm, mem_len below and above tgt_len, div_val 1 with d_embed != d_model, local
+  attention, untied softmax, no weight norm, TrellisNet kernel 3 with dilation 2.
+  """
+  variant = reference_variants()[name]
+  arrays = dict(np.load(os.path.join(VARIANT_DUMPS, f"{name}.npz")))
+  hparams = dict(variant["kwargs"], **({"splits": variant["splits"]} if variant["kind"] == "trellis" else {}))
+  model = from_reference({k: v for k, v in arrays.items() if "/" not in k}, hparams, param_dtype=F64)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  forward = jax.jit(
+    lambda params, tokens, memory: nnx.merge(graphdef, params, rest)(
+      tokens[:, :-1], tokens[:, 1:], memory, dtype=F64, max_iter=100, tol=1e-12, rtol=0.0
+    )
+  )
+  memory = model.init_memory(variant["bsz"], F64)
+  close = functools.partial(np.testing.assert_allclose, rtol=0, atol=1e-8)
+  for s in range(3):
+    seg = lambda key: arrays[f"seg{s}/{key}"]  # noqa: B023
+    assert seg("broyden_diff") < 1e-10  # the reference reached its equilibrium: a parity case
+    tokens = jnp.asarray(np.concatenate([seg("data"), seg("target")[-1:]]).T)
+    out = forward(params, tokens, memory)
+    close(out.nll, seg("nll").T)
+    if variant["kind"] == "transformer":
+      close(out.memory.z, time_major_to_batch(seg("new_mems_z")))
+      close(out.memory.u, time_major_to_batch(seg("new_mems_u")))
+      assert out.memory.z.shape[1] == min((s + 1) * variant["tgt_len"], variant["kwargs"]["mem_len"])
+    else:
+      h, c = np.split(time_major_to_batch(seg("new_mems")), 2, axis=-1)
+      close(out.memory.h, h)
+      close(out.memory.c, c)
+    memory = out.memory
