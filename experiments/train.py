@@ -486,7 +486,8 @@ def save_checkpoint(manager, rt: Runtime, progress: Progress, params, opt_state,
     "task": rt.task.identity(),
     "memory": [[list(leaf.shape), str(leaf.dtype)] for leaf in leaves],
   }
-  state = {"params": params, "opt_state": opt_state, "memory": list(leaves)}
+  # Empty leaves (a memory of length 0) cannot be stored by orbax; their shapes in `meta` rebuild them.
+  state = {"params": params, "opt_state": opt_state, "memory": [leaf for leaf in leaves if leaf.size]}
   manager.save(progress.step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
   manager.wait_until_finished()
 
@@ -503,12 +504,15 @@ def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: in
       f" now {key_data} from seed={rt.config.seed}); resuming would not continue the same run. Use its seed."
     )
   as_target = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
-  memory_target = [
-    jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=rt.batch_sharding) for shape, dtype in meta["memory"]
-  ]
+  shapes = [(tuple(shape), jnp.dtype(dtype)) for shape, dtype in meta["memory"]]
+  memory_target = [jax.ShapeDtypeStruct(*sd, sharding=rt.batch_sharding) for sd in shapes if math.prod(sd[0])]
   target = {"params": as_target(params), "opt_state": as_target(opt_state), "memory": memory_target}
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-  memory = jax.tree.unflatten(jax.tree.structure(memory), state["memory"])
+  stored = iter(state["memory"])
+  leaves = [
+    next(stored) if math.prod(shape) else jnp.zeros(shape, dtype, device=rt.batch_sharding) for shape, dtype in shapes
+  ]
+  memory = jax.tree.unflatten(jax.tree.structure(memory), leaves)
   progress = Progress(**{f.name: meta[f.name] for f in dataclasses.fields(Progress)})
   return progress, state["params"], state["opt_state"], memory
 

@@ -14,22 +14,12 @@ import orbax.checkpoint as ocp
 import pytest
 from absl import flags
 from ml_collections import config_flags
+from tiny_training import TINY, TINY_MODEL, tiny_config
 
 from experiments import train
-from experiments.configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "experiments", "configs", "default.py")
-TINY = dict(batch_size=8, tgt_len=16, eval_batch_size=4, eval_tgt_len=32, eval_max_segments=4)
-TINY_MODEL = dict(d_model=32, n_head=2, d_inner=64, mem_len=16, f_max_iter=8, b_max_iter=8)
-
-
-def tiny_config(tfds_dir, **overrides):
-  config = default.get_config()
-  config.update({**TINY, **overrides})
-  config.model.update(TINY_MODEL)
-  config.data.data_dir = str(tfds_dir)
-  return config
 
 
 @pytest.fixture(scope="module")

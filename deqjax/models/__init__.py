@@ -9,7 +9,7 @@ from deqjax.models.deq_transformer import (
   Memory,
 )
 from deqjax.models.deq_trellisnet import DEQTrellisNetConfig, DEQTrellisNetLM, TrellisMemory, TrellisOutput
-from deqjax.models.reference import from_reference, to_reference
+from deqjax.models.reference import from_reference, reference_hparams, to_reference
 from deqjax.models.sequence import TCN, ClassifierOutput, RecurrentClassifier, RecurrentConfig, TCNConfig
 from deqjax.models.transformer_xl import TransformerXLConfig, TransformerXLLM, XLOutput
 
@@ -33,5 +33,6 @@ __all__ = [
   "TransformerXLLM",
   "XLOutput",
   "from_reference",
+  "reference_hparams",
   "to_reference",
 ]

@@ -101,7 +101,7 @@ def from_reference(
       entries, or aliases that disagree with `func.*` (every offending name with its shapes).
   """
   arrays = {name: np.asarray(value) for name, value in state_dict.items()}
-  kind = _kind_of(arrays)
+  kind = kind_of(arrays)
   config, wnorm = _config_from_hparams(kind, dict(hparams))
   model_class = DEQTransformerLM if kind == "transformer" else DEQTrellisNetLM
   abstract = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
@@ -141,19 +141,41 @@ def to_reference(model: DEQTransformerLM | DEQTrellisNetLM) -> tuple[dict[str, n
   """
   config = getattr(model, "config", None)
   if isinstance(model, DEQTransformerLM) and isinstance(config, DEQTransformerConfig):
-    to_ref, hparams = _transformer_to_ref, _transformer_hparams(config)
+    to_ref = _transformer_to_ref
   elif isinstance(model, DEQTrellisNetLM):
-    to_ref, hparams = _trellis_to_ref, _trellis_hparams(config)
+    to_ref = _trellis_to_ref
   else:
     raise TypeError(f"to_reference takes a DEQTransformerLM or DEQTrellisNetLM; got {type(model).__name__}.")
-  state_dict = to_ref(_flat(nnx.state(model, nnx.Param)), config, True)
+  state_dict, hparams = to_ref(_flat(nnx.state(model, nnx.Param)), config, True), reference_hparams(config)
   return {name: np.asarray(value) for name, value in state_dict.items()}, hparams
+
+
+def reference_hparams(config: DEQTransformerConfig | DEQTrellisNetConfig) -> dict[str, Any]:
+  """The reference constructor's keyword arguments for a model of `config` (as `to_reference` gives them)."""
+  if isinstance(config, DEQTransformerConfig):
+    return _transformer_hparams(config)
+  if isinstance(config, DEQTrellisNetConfig):
+    return _trellis_hparams(config)
+  raise TypeError(
+    f"reference_hparams takes a DEQTransformerConfig or DEQTrellisNetConfig; got {type(config).__name__}."
+  )
+
+
+# Hyperparameters that fix the function a reference model computes (the others are training settings).
+ARCHITECTURE_HPARAMS = {
+  "transformer": (
+    "n_token", "n_head", "d_model", "d_head", "d_inner", "d_embed", "div_val", "cutoffs", "tie_weights",
+    "tie_projs", "pre_lnorm", "local_size",
+  ),
+  "trellisnet": ("n_token", "ninp", "nhid", "nout", "kernel_size", "dilation", "tie_weights", "splits"),
+}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- hyperparameters
 
 
-def _kind_of(arrays: Mapping[str, np.ndarray]) -> str:
+def kind_of(arrays: Mapping[str, Any]) -> str:
+  """The kind of reference model ("transformer" or "trellisnet") a state_dict's names belong to."""
   if any(name.startswith("word_emb.") for name in arrays):
     return "transformer"
   if any(name.startswith("trellisnet.") for name in arrays) or "encoder.weight" in arrays:
