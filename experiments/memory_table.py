@@ -80,7 +80,7 @@ def _body_loss(config, graphdef, body_params, rest, emb, memory, probe, key):
   if config.model_name == "transformer_xl":
     out, _ = model.body(emb, memory, keys=list(jax.random.split(key, config.model.n_layer)))
   elif config.model_name == "deq_transformer":
-    out, *_ = model.body(emb, memory, ff_key=key, mode=mode, training=True)
+    out, *_ = model.body(emb, memory, cell_key=key, mode=mode, training=True)
   else:
     out, *_ = model.body(emb, memory, hidden_key=key, mode=mode, training=True)
   return jnp.sum(out.astype(jnp.float32) * probe)

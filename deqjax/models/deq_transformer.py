@@ -2,7 +2,7 @@
 
     tokens -> adaptive embedding x sqrt(d) -> variational dropout -> injection u = W_u e + b_u
     z* = f(z*; u, memory)  (DEQTransformerCell, per-sample Broyden, implicit backward)
-    z* (f(z*) in training) -> variational dropout -> projected adaptive log-softmax (tied) -> NLL
+    z* (f(z*) in training) -> dropout of whole positions -> projected adaptive log-softmax (tied) -> NLL
 
 The memory carried between segments holds the last `mem_len` equilibrium
 states and their injections, detached.
@@ -22,8 +22,8 @@ from deqjax.models.sequence import ClassifierOutput, classifier_output
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs, check_tie_projs
 from deqjax.nn.attention import sinusoid_positions
 from deqjax.nn.deq_layer import DEQSettings, cell_output
-from deqjax.nn.dropout import apply_mask, variational_mask
-from deqjax.nn.transformer_cell import DEQTransformerCell, slide_memory
+from deqjax.nn.dropout import apply_mask, position_mask, variational_mask
+from deqjax.nn.transformer_cell import DEQTransformerCell, cell_masks, slide_memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,8 @@ class DEQTransformerConfig(DEQSettings):
     d_embed: embedding width of the head cluster (None: d_model).
     cutoffs: adaptive softmax boundaries (empty: a plain tied softmax).
     div_val: width divisor between clusters.
-    dropout: variational dropout on the embedding, the FFN hidden units and the output.
+    dropout: variational dropout on the embedding, the position embedding, the attention output,
+      the FFN's hidden units and output (`cell_masks`), and the output positions, as the reference.
     mem_len: equilibrium states kept as memory for the next segment.
     pre_lnorm: the reference's pre-LayerNorm variant of the cell (default: post-LayerNorm).
     local_size: attention sees keys at distance < local_size; 0 is the reference's 1000.
@@ -125,7 +126,7 @@ class DEQTransformerLM(nnx.Module):
     emb: jax.Array,
     memory: Memory | None,
     *,
-    ff_key=None,
+    cell_key=None,
     mode: str = "deq",
     training: bool = False,
     jac_key=None,
@@ -136,7 +137,7 @@ class DEQTransformerLM(nnx.Module):
     Args:
       emb: `[b, q, d_model]` (dropped-out) embeddings; their dtype is the compute dtype.
       memory: the previous segment's `Memory`, or None.
-      ff_key: PRNG key of the FFN's variational mask (None: no dropout).
+      cell_key: PRNG key of the cell's variational masks (`cell_masks`; None: no dropout).
       training: a training call (the softmax reads f(z*) with `feed_fz`, z* otherwise).
       jac_key: PRNG key of the Jacobian penalty's probe (None: not computed).
 
@@ -150,8 +151,8 @@ class DEQTransformerLM(nnx.Module):
     memory = self.init_memory(b, dtype) if memory is None else memory
     u = self.injection(emb)
     pos_emb = sinusoid_positions(memory.u.shape[1] + q, c.d_model, dtype)
-    ff_mask = variational_mask(ff_key, b, c.d_inner, c.dropout, dtype)
-    weights, inputs = self.cell.prepare(memory.u.astype(dtype), u, memory.z.astype(dtype), pos_emb, ff_mask)
+    masks = cell_masks(cell_key, b, c.d_model, c.d_inner, c.dropout, dtype)
+    weights, inputs = self.cell.prepare(memory.u.astype(dtype), u, memory.z.astype(dtype), pos_emb, masks)
     weights = jax.tree.map(lambda w: w.astype(dtype), weights)
     z0 = jnp.zeros((b, q, c.d_model), dtype)
     z_star, out, info, jac = cell_output(
@@ -198,9 +199,9 @@ class DEQTransformerLM(nnx.Module):
     keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
     emb = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
     out, new_memory, info, jac = self.body(
-      emb, memory, ff_key=keys[1], mode=mode, training=dropout_key is not None, jac_key=jac_key, **solver_overrides
+      emb, memory, cell_key=keys[1], mode=mode, training=dropout_key is not None, jac_key=jac_key, **solver_overrides
     )
-    out = apply_mask(out, variational_mask(keys[2], b, c.d_model, c.dropout, dtype))
+    out = apply_mask(out, position_mask(keys[2], b, tokens.shape[1], c.dropout, dtype))
     return out, new_memory, info, jac
 
 

@@ -18,8 +18,8 @@ from flax import nnx
 from deqjax.models.deq_transformer import DEQTransformerConfig
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from deqjax.nn.attention import sinusoid_positions
-from deqjax.nn.dropout import apply_mask, variational_mask
-from deqjax.nn.transformer_cell import DEQTransformerCell, slide_memory
+from deqjax.nn.dropout import apply_mask, position_mask, variational_mask
+from deqjax.nn.transformer_cell import DEQTransformerCell, cell_masks, slide_memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +69,8 @@ class TransformerXLLM(nnx.Module):
     for layer, mem, key in zip(self.layers, memory, keys, strict=True):
       new_memory.append(jax.lax.stop_gradient(slide_memory(mem, h, c.mem_len)))
       pos_emb = sinusoid_positions(mem.shape[1] + h.shape[1], c.d_model, dtype)
-      ff_mask = variational_mask(key, b, c.d_inner, c.dropout, dtype)
-      weights, inputs = layer.prepare(None, None, mem.astype(dtype), pos_emb, ff_mask)
+      masks = cell_masks(key, b, c.d_model, c.d_inner, c.dropout, dtype)
+      weights, inputs = layer.prepare(None, None, mem.astype(dtype), pos_emb, masks)
       h = layer.f(jax.tree.map(lambda w: w.astype(dtype), weights), h, inputs)
     return h, tuple(new_memory)
 
@@ -81,7 +81,7 @@ class TransformerXLLM(nnx.Module):
     keys = [None] * (c.n_layer + 2) if dropout_key is None else list(jax.random.split(dropout_key, c.n_layer + 2))
     h = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
     h, new_memory = self.body(h, memory, keys=keys[1:-1])
-    h = apply_mask(h, variational_mask(keys[-1], b, c.d_model, c.dropout, dtype))
+    h = apply_mask(h, position_mask(keys[-1], b, q, c.dropout, dtype))
     acc = jnp.promote_types(dtype, jnp.float32)
     nll = self.softmax.nll(h.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
     return XLOutput(nll.reshape(b, q), new_memory)

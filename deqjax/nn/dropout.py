@@ -29,6 +29,17 @@ def variational_mask(key: jax.Array | None, batch: int, features: int, rate: flo
   return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
 
 
+def position_mask(key: jax.Array | None, batch: int, length: int, rate: float, dtype=jnp.float32):
+  """A dropout mask `[batch, length, 1]` that drops whole positions (all their features), or None.
+
+  The reference DEQ-Transformer's output dropout: its `VariationalDropout` reads a
+  `[batch, channels, length]` tensor as `[batch, length, channels]`, so its mask is drawn per
+  position and shared by the channels. Arguments as `variational_mask`.
+  """
+  mask = variational_mask(key, batch, length, rate, dtype)
+  return None if mask is None else jnp.swapaxes(mask, 1, 2)
+
+
 def apply_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
   """x `[batch, length, features]` times the mask (identity for None)."""
   return x if mask is None else x * mask.astype(x.dtype)

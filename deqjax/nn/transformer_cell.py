@@ -3,18 +3,20 @@
 post-LayerNorm (the reference's default):
 
     qkv = W_qkv [z_mem; z] + u                      (u injected into Q, K and V, memory included)
-    a   = W_o RelAttn(q, k, v; r = W_r pos) + b_o
+    a   = drop(W_o RelAttn(q, k, v; r = W_r drop(pos)) + b_o)
     z'  = LN(z + a)
-    f   = LN(z' + W_2 drop(ReLU(W_1 z' + b_1)) + b_2)
+    f   = LN(z' + drop(W_2 drop(ReLU(W_1 z' + b_1)) + b_2))
 
 pre-LayerNorm (the reference's `pre_lnorm=True`):
 
     qkv = W_qkv LN([z_mem; z]) + u
     z'  = LN(z + a)                                 (a as above; the residual adds the normalised z')
-    f   = z' + W_2 drop(ReLU(W_1 z' + b_1)) + b_2
+    f   = z' + drop(W_2 drop(ReLU(W_1 z' + b_1)) + b_2)
 
 LayerNorm has no learnable scale or bias; qkv, r, o, ff1 and ff2 are weight
-normalised. Attention is causal over [memory; segment] and, as the reference's
+normalised. The dropouts are the reference's, variational (`cell_masks`): one mask per
+sequence and channel, shared by every position and solver step; the position embedding's
+one mask is shared by the batch too. Attention is causal over [memory; segment] and, as the reference's
 `local_size`, limited to keys at distance below `window` (None: unlimited).
 Shapes: z `[batch, q, d_model]`, memory `[batch, m, d_model]`,
 u `[batch, q, 3 * n_head * d_head]` (and `[batch, m, ...]` for the memory).
@@ -29,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deqjax.nn.attention import layer_norm, relative_attention
-from deqjax.nn.dropout import apply_mask
+from deqjax.nn.dropout import apply_mask, variational_mask
 from deqjax.nn.weight_norm import WeightNormDense, dense
 
 
@@ -75,7 +77,7 @@ class DEQTransformerCell(nnx.Module):
     u: jax.Array | None,
     z_mem: jax.Array,
     pos_emb: jax.Array,
-    ff_mask: jax.Array | None,
+    masks: dict | None = None,
   ):
     """Per-segment constants.
 
@@ -84,13 +86,14 @@ class DEQTransformerCell(nnx.Module):
         and of the segment, or both None (no injection).
       z_mem: `[b, m, d_model]` memory (previous equilibria, no gradient).
       pos_emb: `[m + q, d_model]` sinusoidal embeddings for distances m+q-1..0.
-      ff_mask: variational dropout mask `[b, 1, d_inner]` or None.
+      masks: `cell_masks`' variational dropout masks, or None (no dropout).
 
     Returns:
       (weights, inputs) for `step`.
     """
     b, m = z_mem.shape[:2]
     h, d = self.n_head, self.d_head
+    masks = dict.fromkeys(("pos", "attn", "ff_hidden", "ff_out")) if masks is None else masks
     qkv = self.qkv.weights()
     mem_qkv = dense(qkv, layer_norm(z_mem) if self.pre_lnorm else z_mem)
     mem_qkv = mem_qkv if u_mem is None else mem_qkv + u_mem
@@ -107,8 +110,10 @@ class DEQTransformerCell(nnx.Module):
       "u": u,
       "k_mem": k_mem.reshape(b, m, h, d),
       "v_mem": v_mem.reshape(b, m, h, d),
-      "r_k": dense(self.r_net.weights(), pos_emb).reshape(-1, h, d),
-      "ff_mask": ff_mask,
+      "r_k": dense(self.r_net.weights(), apply_mask(pos_emb[None], masks["pos"])[0]).reshape(-1, h, d),
+      "attn_mask": masks["attn"],
+      "ff_mask": masks["ff_hidden"],
+      "ff_out_mask": masks["ff_out"],
     }
     return weights, inputs
 
@@ -127,10 +132,28 @@ class DEQTransformerCell(nnx.Module):
     attn = relative_attention(
       query, key, value, inputs["r_k"].astype(z.dtype), weights["r_w_bias"], weights["r_r_bias"], mlen, window
     )
-    z1 = layer_norm(z + dense(weights["o"], attn.reshape(b, q, h * d)))
+    z1 = layer_norm(z + apply_mask(dense(weights["o"], attn.reshape(b, q, h * d)), inputs["attn_mask"]))
     hidden = apply_mask(jax.nn.relu(dense(weights["ff1"], z1)), inputs["ff_mask"])
-    out = z1 + dense(weights["ff2"], hidden)
+    out = z1 + apply_mask(dense(weights["ff2"], hidden), inputs["ff_out_mask"])
     return out if pre_lnorm else layer_norm(out)
+
+
+def cell_masks(key: jax.Array | None, batch: int, d_model: int, d_inner: int, rate: float, dtype=jnp.float32):
+  """The cell's variational dropout masks for one segment, as the reference draws them; None without a key.
+
+  Returns:
+    {"pos": `[1, 1, d_model]` (the position embedding's, shared by the batch), "attn": `[b, 1, d_model]`
+    (attention output), "ff_hidden": `[b, 1, d_inner]` (after the ReLU), "ff_out": `[b, 1, d_model]`}.
+  """
+  if key is None or rate == 0:
+    return None
+  pos, attn, ff_hidden, ff_out = jax.random.split(key, 4)
+  return {
+    "pos": variational_mask(pos, 1, d_model, rate, dtype),
+    "attn": variational_mask(attn, batch, d_model, rate, dtype),
+    "ff_hidden": variational_mask(ff_hidden, batch, d_inner, rate, dtype),
+    "ff_out": variational_mask(ff_out, batch, d_model, rate, dtype),
+  }
 
 
 def slide_memory(old: jax.Array, new: jax.Array, keep: int) -> jax.Array:
