@@ -1,10 +1,11 @@
-"""solve_cell's pretraining mode (unrolled layers after settle iterations) against closed forms."""
+"""solve_cell's pretraining mode (unrolled layers after settle iterations) against closed forms; sub-sequences."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import deqjax
 from deqjax.nn import solve_cell
 
 
@@ -58,3 +59,35 @@ def test_settle_iterations_bad_values(cell):
     solve_cell(linear, a, x, z0, mode="pretrain", settle_iters=1.5)
   with pytest.raises(ValueError, match=r"settle_iters is a pretraining option; got settle_iters=2 with mode='deq'"):
     solve_cell(linear, a, x, z0, mode="deq", settle_iters=2)
+
+
+def test_sub_sequences_split_a_segment_and_join_their_solves():
+  from deqjax.nn.deq_layer import join_sub_sequences, sub_sequences
+
+  assert sub_sequences(7, 3) == [(0, 3), (3, 6), (6, 7)]
+  assert sub_sequences(5, 0) == [(0, 5)] == sub_sequences(5, 9)
+  for bad in (-1, 2.0, True):
+    with pytest.raises(ValueError, match="subseq_len must be an int >= 0"):
+      sub_sequences(5, bad)
+
+  def part(length, nstep, residual, status, trace, jac):
+    z = {"h": jnp.full((2, length, 3), float(length))}
+    info = deqjax.SolveInfo(
+      nstep=jnp.asarray(nstep), residual=jnp.asarray(residual), rel_residual=2 * jnp.asarray(residual),
+      converged=jnp.asarray(status) == 0, status=jnp.asarray(status), trace=jnp.asarray(trace),
+    )  # fmt: skip
+    return z, z["h"][..., :1], info, jnp.asarray(jac)
+
+  first = part(2, [3, 5], [1e-4, 2e-3], [0, 1], [[1.0, 0.5, -1.0], [1.0, 0.8, 0.7]], [1.0, 4.0])
+  second = part(6, [4, 1], [3e-4, 1e-5], [0, 0], [[2.0, 0.1, 0.01], [0.9, -1.0, -1.0]], [3.0, 0.0])
+  z, out, info, jac = join_sub_sequences([first, second])
+  assert z["h"].shape == (2, 8, 3) and out.shape == (2, 8, 1)
+  np.testing.assert_array_equal(z["h"][0, :, 0], [2.0] * 2 + [6.0] * 6)
+  np.testing.assert_array_equal(info.nstep, [7, 6])
+  np.testing.assert_allclose(info.residual, [3e-4, 2e-3])
+  np.testing.assert_allclose(info.rel_residual, [6e-4, 4e-3])
+  np.testing.assert_array_equal(info.converged, [True, False])
+  np.testing.assert_array_equal(info.status, [0, 1])
+  np.testing.assert_allclose(info.trace, [[2.0, 0.5, 0.01], [1.0, 0.8, 0.7]])
+  np.testing.assert_allclose(jac, [(2 * 1.0 + 6 * 3.0) / 8, (2 * 4.0 + 0.0) / 8])
+  assert join_sub_sequences([first]) is first

@@ -21,7 +21,7 @@ from deqjax._info import SolveInfo
 from deqjax.models.sequence import ClassifierOutput, classifier_output
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs, check_tie_projs
 from deqjax.nn.attention import sinusoid_positions
-from deqjax.nn.deq_layer import DEQSettings, cell_output
+from deqjax.nn.deq_layer import DEQSettings, cell_output, join_sub_sequences, sub_sequences
 from deqjax.nn.dropout import apply_mask, position_mask, variational_mask
 from deqjax.nn.transformer_cell import DEQTransformerCell, cell_masks, slide_memory
 
@@ -150,14 +150,23 @@ class DEQTransformerLM(nnx.Module):
     dtype = emb.dtype
     memory = self.init_memory(b, dtype) if memory is None else memory
     u = self.injection(emb)
-    pos_emb = sinusoid_positions(memory.u.shape[1] + q, c.d_model, dtype)
     masks = cell_masks(cell_key, b, c.d_model, c.d_inner, c.dropout, dtype)
-    weights, inputs = self.cell.prepare(memory.u.astype(dtype), u, memory.z.astype(dtype), pos_emb, masks)
-    weights = jax.tree.map(lambda w: w.astype(dtype), weights)
-    z0 = jnp.zeros((b, q, c.d_model), dtype)
-    z_star, out, info, jac = cell_output(
-      self.cell.f, weights, inputs, z0, c, mode=mode, training=training, jac_key=jac_key, **solver_overrides
-    )
+    z_mem, u_mem = memory.z.astype(dtype), memory.u.astype(dtype)
+    parts = []
+    for start, stop in sub_sequences(q, c.subseq_len if mode == "deq" else 0):  # pretraining: whole, as the reference
+      u_part = u[:, start:stop]
+      pos_emb = sinusoid_positions(u_mem.shape[1] + stop - start, c.d_model, dtype)
+      weights, inputs = self.cell.prepare(u_mem, u_part, z_mem, pos_emb, masks)
+      weights = jax.tree.map(lambda w: w.astype(dtype), weights)
+      z0 = jnp.zeros((b, stop - start, c.d_model), dtype)
+      parts.append(
+        cell_output(
+          self.cell.f, weights, inputs, z0, c, mode=mode, training=training, jac_key=jac_key, **solver_overrides
+        )
+      )
+      # As the reference, a later sub-sequence attends to the previous one's equilibria only.
+      z_mem, u_mem = parts[-1][0], u_part
+    z_star, out, info, jac = join_sub_sequences(parts)
     new_memory = jax.lax.stop_gradient(
       Memory(slide_memory(memory.z, z_star, c.mem_len), slide_memory(memory.u, u, c.mem_len))
     )

@@ -16,7 +16,7 @@ from flax import nnx
 
 from deqjax._info import SolveInfo
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
-from deqjax.nn.deq_layer import DEQSettings, cell_output
+from deqjax.nn.deq_layer import DEQSettings, cell_output, join_sub_sequences, sub_sequences
 from deqjax.nn.dropout import apply_mask, variational_mask
 from deqjax.nn.trellisnet_cell import DEQTrellisNetCell
 
@@ -126,12 +126,20 @@ class DEQTrellisNetLM(nnx.Module):
     dtype = x.dtype
     memory = self.init_memory(b, dtype) if memory is None else memory
     h_mask = variational_mask(hidden_key, b, c.d_state, c.dropout_hidden, dtype)
-    weights, inputs = self.cell.prepare(x, memory.h.astype(dtype), memory.c.astype(dtype), h_mask)
-    weights = jax.tree.map(lambda w: w.astype(dtype), weights)
-    z0 = {"h": jnp.zeros((b, q, c.d_state), dtype), "c": jnp.zeros((b, q, c.d_state), dtype)}
-    z_star, z_out, info, jac = cell_output(
-      self.cell.f, weights, inputs, z0, c, mode=mode, training=training, jac_key=jac_key, **solver_overrides
-    )
+    injection = self.cell.injection(x)
+    h_last, c_last = memory.h.astype(dtype), memory.c.astype(dtype)
+    parts = []
+    for start, stop in sub_sequences(q, c.subseq_len if mode == "deq" else 0):  # pretraining: whole, as the reference
+      weights, inputs = self.cell.prepare(injection[:, start:stop], h_last, c_last, h_mask)
+      weights = jax.tree.map(lambda w: w.astype(dtype), weights)
+      z0 = {"h": jnp.zeros((b, stop - start, c.d_state), dtype), "c": jnp.zeros((b, stop - start, c.d_state), dtype)}
+      parts.append(
+        cell_output(
+          self.cell.f, weights, inputs, z0, c, mode=mode, training=training, jac_key=jac_key, **solver_overrides
+        )
+      )
+      h_last, c_last = parts[-1][0]["h"][:, -1:], parts[-1][0]["c"][:, -1:]  # the next one's history
+    z_star, z_out, info, jac = join_sub_sequences(parts)
     new_memory = jax.lax.stop_gradient(TrellisMemory(z_star["h"][:, -1:], z_star["c"][:, -1:]))
     return z_out["h"][..., -c.nout :], new_memory, info, jac
 

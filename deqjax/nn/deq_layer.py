@@ -88,6 +88,9 @@ class DEQSettings:
     feed_fz: in training, feed f(z*) rather than z* to the softmax, as the 2019 reference does
       (its `deqback` applies f once more, with gradients, to the equilibrium). Evaluation and the
       unrolled pretraining mode read the state itself, as the reference does.
+    subseq_len: solve each segment in consecutive sub-sequences of this many positions, each
+      after the previous one and with the previous one's equilibrium as its history (the
+      reference's `subseq_len`; 0: the whole segment at once).
   """
 
   f_max_iter: int = 30
@@ -97,6 +100,7 @@ class DEQSettings:
   broyden_history: int | None = None
   pretrain_depth: int = 2
   feed_fz: bool = True
+  subseq_len: int = 0
 
   def solver_options(self, **overrides) -> dict:
     """`fixed_point` options: per-sample Broyden with relative tolerances, overridable per call."""
@@ -144,6 +148,43 @@ def cell_output(
   output = step(weights, z, inputs) if settings.feed_fz and training and mode == "deq" else z
   jac = None if jac_key is None else jacobian_penalty(step, weights, z, inputs, jac_key)
   return z, output, info, jac
+
+
+def sub_sequences(length: int, subseq_len: int) -> list[tuple[int, int]]:
+  """`[(start, stop)]` of the sub-sequences a segment of `length` positions is solved in."""
+  if isinstance(subseq_len, bool) or not isinstance(subseq_len, int) or subseq_len < 0:
+    raise ValueError(f"subseq_len must be an int >= 0 (0: the whole segment); got {subseq_len!r}.")
+  step = subseq_len or length
+  return [(start, min(start + step, length)) for start in range(0, length, step)]
+
+
+def join_sub_sequences(parts: list[tuple]) -> tuple:
+  """One `(z, output, info, jac)` from `cell_output`'s results on consecutive sub-sequences.
+
+  States and outputs are joined along the length (axis 1 of every leaf). The solve info sums
+  the steps and keeps, per sample, the worst residuals, status and trace entries of the parts;
+  the Jacobian penalty is averaged over positions.
+  """
+  if len(parts) == 1:
+    return parts[0]
+  zs, outputs, infos, jacs = zip(*parts, strict=True)
+  join = lambda *leaves: jnp.concatenate(leaves, axis=1)
+  info = None
+  if infos[0] is not None:
+    stacked = jax.tree.map(lambda *fields: jnp.stack(fields), *infos)
+    info = SolveInfo(
+      nstep=jnp.sum(stacked.nstep, axis=0),
+      residual=jnp.max(stacked.residual, axis=0),
+      rel_residual=jnp.max(stacked.rel_residual, axis=0),
+      converged=jnp.all(stacked.converged, axis=0),
+      status=jnp.max(stacked.status, axis=0),  # CONVERGED < MAX_STEPS < NONFINITE < DIVERGED
+      trace=jnp.max(stacked.trace, axis=0),
+    )
+  jac = None
+  if jacs[0] is not None:
+    lengths = [jax.tree.leaves(z)[0].shape[1] for z in zs]
+    jac = sum(j * n for j, n in zip(jacs, lengths, strict=True)) / sum(lengths)
+  return jax.tree.map(join, *zs), jax.tree.map(join, *outputs), info, jac
 
 
 def unrolled(step, weights, inputs, z0, depth: int):

@@ -37,27 +37,29 @@ class DEQTrellisNetCell(nnx.Module):
     """The pure f(weights, z, inputs) of this cell (`step` with its dilation bound)."""
     return functools.partial(DEQTrellisNetCell.step, dilation=self.dilation)
 
-  def prepare(self, x: jax.Array, h_hist: jax.Array, c_hist: jax.Array, h_mask):
-    """Per-segment constants.
+  def injection(self, x: jax.Array) -> jax.Array:
+    """The injection `[b, q, 4H]` of a segment's embeddings x `[b, q, d_embed]` (left padding zeros)."""
+    b, _, d_embed = x.shape
+    return causal_conv(self.inject.weights(), x, jnp.zeros((b, self.kernel_size - 1, d_embed), x.dtype))
+
+  def prepare(self, injection: jax.Array, h_hist: jax.Array, c_hist: jax.Array, h_mask):
+    """Per-(sub-)sequence constants.
 
     Args:
-      x: `[b, q, d_embed]` (dropped-out) input embeddings.
-      h_hist, c_hist: `[b, 1, H]` last h and c of the previous segment.
+      injection: `[b, q, 4H]`, from `injection` (or a slice of it for a sub-sequence).
+      h_hist, c_hist: `[b, 1, H]` last h and c before these positions.
       h_mask: variational dropout mask `[b, 1, H]` on h, or None.
 
     Returns:
       (weights, inputs) for `step`.
     """
-    b, _, d_embed = x.shape
-    pad = (self.kernel_size - 1) * self.dilation
-    weights = self.recur.weights()
     inputs = {
-      "injection": causal_conv(self.inject.weights(), x, jnp.zeros((b, self.kernel_size - 1, d_embed), x.dtype)),
-      "h_hist": jnp.repeat(h_hist, pad, axis=1),
+      "injection": injection,
+      "h_hist": jnp.repeat(h_hist, (self.kernel_size - 1) * self.dilation, axis=1),
       "c_hist": c_hist,
       "h_mask": h_mask,
     }
-    return weights, inputs
+    return self.recur.weights(), inputs
 
   @staticmethod
   def step(weights: dict, z: dict, inputs: dict, *, dilation: int = 1) -> dict:

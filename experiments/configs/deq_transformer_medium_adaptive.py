@@ -23,6 +23,7 @@ def get_config():
       f_max_iter=30,
       b_max_iter=40,
       pretrain_depth=2,
+      subseq_len=75,  # the reference's --subseq_len: segments of 150 solved in two halves
     ),
     paper_params_m=110,
     paper_non_embedding_m=70,

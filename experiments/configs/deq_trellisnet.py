@@ -22,6 +22,7 @@ def get_config():
       f_max_iter=45,
       b_max_iter=45,
       pretrain_depth=40,
+      subseq_len=50,  # the reference's --subseq_len: segments of 100 solved in two halves
     ),
     paper_params_m=180,
     paper_non_embedding_m=45,

@@ -8,11 +8,12 @@ in an environment of its own, e.g.
     /tmp/torch/bin/python experiments/tools/reference_dumps.py --reference=/tmp/deq/DEQModel \
       --variants=tests/data/reference_variants/variants.json --out=tests/data/reference_variants
 
-Each variant (a JSON entry: kind, constructor kwargs, seed, segment length, batch) is built with
+Each variant (a JSON entry: kind, constructor kwargs, seed, segment length, batch, and optionally
+the forward's `subseq_len`, else the segment length) is built with
 random weights, run in eval mode in float64 over 3 consecutive segments with its memory, and
 saved as `<name>.npz`: the state_dict under its names, and per segment `seg{s}/data`, `target`
 (time-major), `nll` (per token, in order), the new memory, and the forward Broyden's final
-residual and step count (the reference returns its lowest-residual iterate at the cap, so a
+residuals and step counts (one per sub-sequence) (the reference returns its lowest-residual iterate at the cap, so a
 variant is only a parity case when that residual is tiny).
 """
 
@@ -70,6 +71,7 @@ def randomize(torch, module, seed):
 def run_variant(reference, variant):
   torch, transformer_lm, trellisnet_lm, split_ce, solves = reference
   kwargs, length, batch, seed = variant["kwargs"], variant["tgt_len"], variant["bsz"], variant["seed"]
+  subseq_len = variant.get("subseq_len", length)
   generator = torch.Generator().manual_seed(seed + 1)
   stream = torch.randint(0, kwargs["n_token"], (3 * length + 1, batch), generator=generator)
   out, mems = {}, None
@@ -89,12 +91,12 @@ def run_variant(reference, variant):
       data, target = stream[s * length : (s + 1) * length], stream[s * length + 1 : (s + 1) * length + 1]
       solves.clear()
       if criterion is None:
-        ret = model(data, target, mems, train_step=-1, f_thres=100, b_thres=100, subseq_len=length)
+        ret = model(data, target, mems, train_step=-1, f_thres=100, b_thres=100, subseq_len=subseq_len)
         nll, mems = ret[0], [m.clone() for m in ret[1:]]
         out[f"seg{s}/new_mems_z"], out[f"seg{s}/new_mems_u"] = mems[0].numpy(), mems[1].numpy()
       else:
         (_, _, hidden), mems = model(
-          data, target, mems, train_step=-1, f_thres=100, b_thres=100, subseq_len=length, decode=False
+          data, target, mems, train_step=-1, f_thres=100, b_thres=100, subseq_len=subseq_len, decode=False
         )
         hidden = hidden.reshape(-1, hidden.size(-1))
         if variant["splits"]:
@@ -104,8 +106,8 @@ def run_variant(reference, variant):
         nll = -logp.gather(1, target.reshape(-1, 1)).reshape(length, batch)
         out[f"seg{s}/new_mems"] = mems[0].numpy()
       out[f"seg{s}/data"], out[f"seg{s}/target"], out[f"seg{s}/nll"] = data.numpy(), target.numpy(), nll.numpy()
-      ((steps, residual),) = solves
-      out[f"seg{s}/broyden_nstep"], out[f"seg{s}/broyden_diff"] = np.array(steps), np.array(residual)
+      steps, residuals = zip(*solves, strict=True)  # one solve per sub-sequence
+      out[f"seg{s}/broyden_nstep"], out[f"seg{s}/broyden_diff"] = np.array(steps), np.array(residuals)
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   if criterion is not None:
     state.update({f"criterion.{k}": v.numpy() for k, v in criterion.state_dict().items()})
@@ -124,7 +126,7 @@ def main():
   for name, variant in variants.items():
     arrays = run_variant(reference, variant)
     np.savez_compressed(os.path.join(args.out, f"{name}.npz"), **arrays)
-    residuals = [float(arrays[f"seg{s}/broyden_diff"]) for s in range(3)]
+    residuals = [arrays[f"seg{s}/broyden_diff"].tolist() for s in range(3)]
     print(f"{name}: forward residuals {residuals}")
 
 
