@@ -60,17 +60,21 @@ def _read_torch(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
   try:
     import torch  # optional: only PyTorch pickles need it
   except ImportError:
+    npz = os.path.splitext(path)[0] + ".npz"
+    convert = (
+      f"import numpy, torch; sd = torch.load({path!r}, map_location='cpu');"
+      f" numpy.savez({npz!r}, **{{k: v.numpy() for k, v in sd.items()}})"
+    )
     raise ValueError(
-      f"--checkpoint={path!r} is a PyTorch pickle, and torch is not installed here. Install it (pip install"
-      ' torch), or convert the file to .npz where torch is:\n  python -c "import numpy, torch; sd = torch.load('
-      f"'{path}', map_location='cpu'); numpy.savez('{os.path.splitext(path)[0]}.npz', **{{k: v.numpy() for k, v in"
-      ' sd.items()})"'
+      f"--checkpoint={path!r} is a PyTorch pickle, and torch is not installed here. Install it"
+      f" (pip install 'deqjax[torch]'), or convert the file to .npz where torch is:\n  python -c \"{convert}\""
     ) from None
   try:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as error:  # a whole pickled nn.Module, or not a checkpoint at all
     raise ValueError(
-      f"--checkpoint={path!r} is not a state_dict (torch.load with weights_only=True failed: {error}). Save the"
+      f"--checkpoint={path!r} is not a state_dict (torch.load with weights_only=True failed:"
+      f" {str(error).splitlines()[0]}). Save the"
       " reference model's model.state_dict() instead (its train script's save_weights does)."
     ) from None
   hparams = None

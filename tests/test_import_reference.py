@@ -89,10 +89,26 @@ def test_pytorch_pickles_without_torch_say_how_to_convert(tmp_path, monkeypatch)
   path = tmp_path / "model.pkl"
   path.write_bytes(b"not read")
   monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
-  with pytest.raises(ValueError, match=r"(?s)torch is not installed here.*numpy.savez\('.*model.npz'"):
+  how = r"(?s)torch is not installed here. Install it .pip install .deqjax\[torch\]...*numpy.savez\(.*model.npz"
+  with pytest.raises(ValueError, match=how):
     import_reference.read_checkpoint(str(path))
   with pytest.raises(ValueError, match="expected a .npz, .pkl, .pt or .pth file"):
     (tmp_path / "model.bin").write_bytes(b"")
     import_reference.read_checkpoint(str(tmp_path / "model.bin"))
   with pytest.raises(FileNotFoundError, match="no such file"):
     import_reference.read_checkpoint(str(tmp_path / "missing.npz"))
+
+
+def test_pytorch_pickles_are_read_when_torch_is_installed(exported, tmp_path):
+  torch = pytest.importorskip("torch")  # an optional extra: deqjax[torch]
+  _, _, _, state_dict = exported
+  tensors = {name: torch.from_numpy(np.array(value)) for name, value in state_dict.items()}
+  torch.save(tensors, tmp_path / "model.pkl")
+  torch.save({"state_dict": tensors, "hparams": {"n_head": 2}}, tmp_path / "model.pt")
+  torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+  arrays, hparams = import_reference.read_checkpoint(str(tmp_path / "model.pkl"))
+  assert hparams is None and sorted(arrays) == sorted(state_dict)
+  assert all(np.array_equal(arrays[k], state_dict[k]) for k in state_dict)
+  assert import_reference.read_checkpoint(str(tmp_path / "model.pt"))[1] == {"n_head": 2}
+  with pytest.raises(ValueError, match="is not a state_dict .torch.load with weights_only=True failed"):
+    import_reference.read_checkpoint(str(tmp_path / "module.pt"))
