@@ -30,7 +30,6 @@ from flax import nnx
 
 from deqjax.models.deq_transformer import DEQTransformerConfig, DEQTransformerLM
 from deqjax.models.deq_trellisnet import DEQTrellisNetConfig, DEQTrellisNetLM
-from deqjax.nn.adaptive import check_tie_projs
 
 _CELL_DENSE = {  # reference module under `func.` -> our weight-normalised dense layer under `cell/`
   "dec_attn.qkv_net": "qkv",
@@ -315,13 +314,9 @@ def _transformer_to_ours(arrays, c: DEQTransformerConfig, wnorm: bool) -> dict[s
   ours["cell/r_r_bias"] = arrays["func.dec_attn.r_r_bias"]
   ours.update(_softmax_to_ours(arrays, "crit.", c.n_token, c.cutoffs, c.div_val, c.tie_weights, n_tables))
   for i in range(n_clusters):
-    if not _projection_tied(c, i) and f"crit.out_projs.{i}" in arrays:
+    if not c.tie_projs[i] and f"crit.out_projs.{i}" in arrays:
       ours[f"softmax/projs/{i}"] = arrays[f"crit.out_projs.{i}"]
   return ours
-
-
-def _projection_tied(c: DEQTransformerConfig, i: int) -> bool:
-  return check_tie_projs(c.tie_projs, len(c.cutoffs) + 1)[i]
 
 
 def _softmax_to_ours(arrays, prefix, n_token, cutoffs, div_val, tie_weights, n_tables) -> dict[str, np.ndarray]:
@@ -378,7 +373,7 @@ def _transformer_to_ref(flat, c: DEQTransformerConfig, wnorm: bool) -> dict[str,
   for i in range(n_clusters):
     if f"softmax/projs/{i}" in flat:
       sd[f"crit.out_projs.{i}"] = flat[f"softmax/projs/{i}"]
-    elif _projection_tied(c, i) and f"embedding/projs/{min(i, n_tables - 1)}" in flat:
+    elif c.tie_projs[i] and f"embedding/projs/{min(i, n_tables - 1)}" in flat:
       sd[f"crit.out_projs.{i}"] = flat[f"embedding/projs/{min(i, n_tables - 1)}"]
   return sd
 
@@ -457,7 +452,7 @@ def _canonical_names(kind: str, expected: Mapping[str, Any], config) -> set[str]
     n_tables = 1 if config.div_val == 1 else len(config.cutoffs) + 1
     if config.tie_weights:
       names -= {f"crit.out_layers.{i}.weight" for i in range(n_tables)}
-    names -= {f"crit.out_projs.{i}" for i in range(len(config.cutoffs) + 1) if _projection_tied(config, i)}
+    names -= {f"crit.out_projs.{i}" for i in range(len(config.cutoffs) + 1) if config.tie_projs[i]}
   elif config.tie_weights:
     names.discard("decoder.weight")
   return names
