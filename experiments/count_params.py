@@ -1,6 +1,6 @@
 r"""Counts a config's trainable parameters without allocating the weights.
 
-    python -m experiments.count_params --config=experiments/configs/deq_transformer_medium_adaptive.py
+    python -m experiments.count_params --config=experiments/configs/wikitext103/deq_transformer_medium_adaptive.py
 
 The last line is `params=<int> non_embedding=<int>` (non-embedding: outside the
 embedding and the softmax, as the paper's table counts).
@@ -11,7 +11,8 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.model_builder import abstract_model, count_parameters
+from experiments.analysis.paper import PAPER
+from experiments.trainer.models import abstract_model, count_parameters
 
 FLAGS = flags.FLAGS
 
@@ -26,11 +27,12 @@ def main(argv):
   del argv
   config = FLAGS.config
   total, non_embedding = count_parameters(abstract_model(config))
-  paper = config.get("paper", None)
-  if paper is not None and "params_m" in paper:  # a WikiText-103 row
+  paper = PAPER.get(config.get("study", ""), {}).get(config.get("row", ""))
+  if paper is not None and paper.non_embedding_m is not None:  # a WikiText-103 row
     off = lambda count, paper_m: f"{100 * (count / 1e6 / paper_m - 1):+.1f}%"
     print(
-      f"{config.model_name} ({config.mode}): {total / 1e6:.2f}M params, {non_embedding / 1e6:.2f}M non-embedding;"
+      f"{config.row} ({config.model_name}, {config.execution}): {total / 1e6:.2f}M params,"
+      f" {non_embedding / 1e6:.2f}M non-embedding;"
       f" paper's table: {paper.params_m}M / {paper.non_embedding_m}M"
       f" ({off(total, paper.params_m)} / {off(non_embedding, paper.non_embedding_m)})"
     )

@@ -2,7 +2,7 @@ r"""Train or evaluate a model from an ml_collections config file (any task: Wiki
 
     python -m experiments.main --config=experiments/configs/default.py --workdir=/tmp/deqjax_default
     python -m experiments.main --config=... --workdir=... --mode=eval --config.eval_tgt_len=75
-    python -m experiments.main --config=... --config.model.f_max_iter=20   # any field; an unknown one exits naming it
+    python -m experiments.main --config=... --config.model.max_iter=20   # any field; an unknown one exits naming it
 
 Training resumes from the workdir's latest checkpoint. The last printed line is the
 task's test result at full precision: `test_ppl=<float>` (WikiText) or `test_loss=<float>`
@@ -20,7 +20,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import train
+from experiments import trainer
+from experiments.tasks import task_class
 
 FLAGS = flags.FLAGS
 
@@ -89,18 +90,18 @@ def main(argv):
     )
   logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
   try:
-    name = train.task_class(FLAGS.config).result_name
+    name = task_class(FLAGS.config).result_name
     if FLAGS.mode == "train":
-      result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-      if result is None:  # stopped by SIGTERM after saving
+      results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      if results is None:  # stopped by SIGTERM after saving
         return
     else:
-      result = train.evaluate(FLAGS.config, FLAGS.workdir)
-  except (train.NonFiniteError, FileNotFoundError, ValueError) as error:
+      results = trainer.evaluate(FLAGS.config, FLAGS.workdir)
+  except (trainer.NonFiniteError, FileNotFoundError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
     sys.exit(1)
   if jax.process_index() == 0:
-    print(f"{name}={float(result)!r}", flush=True)
+    print(f"{name}={float(results[name])!r}", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,14 @@ def unit_scale_embeddings(model):
   return model
 
 
-def assert_causal(model, tokens, memory, mode, position, min_change):
+def assert_causal(model, tokens, memory, unrolled, position, min_change):
   """Changing token `position` leaves the NLL of earlier positions unchanged and changes later ones.
 
-  Exact (1e-12) in the unrolled mode; within the solver's 1e-12 residual (1e-9) at equilibrium.
+  Exact (1e-12) unrolled; within the solver's 1e-12 residual (1e-9) at equilibrium.
   """
   changed = tokens.at[:, position].set((tokens[:, position] + 7) % model.config.n_token)
-  atol = 1e-12 if mode == "pretrain" else 1e-9
-  a = model(tokens, tokens, memory, mode=mode, dtype=F64, **TIGHT).nll
-  b = model(changed, tokens, memory, mode=mode, dtype=F64, **TIGHT).nll
+  atol = 1e-12 if unrolled else 1e-9
+  a = model(tokens, tokens, memory, unrolled=unrolled, dtype=F64, **TIGHT).nll
+  b = model(changed, tokens, memory, unrolled=unrolled, dtype=F64, **TIGHT).nll
   np.testing.assert_allclose(a[:, :position], b[:, :position], atol=atol, rtol=0)
   assert float(jnp.max(jnp.abs(a[:, position:] - b[:, position:]))) > min_change

@@ -1,14 +1,41 @@
-"""The tiny training config shared by the end-to-end tests (the default config, shrunk)."""
+"""The tiny training setup shared by the end-to-end tests: the default config shrunk, on a short test text.
+
+The training text is the bundled sample's (the WikiText-2 validation file, 13,777 types); the
+text of its validation and test splits is the first TEST_LINES lines of the sample's test file
+(~2,800 tokens, 22 evaluation segments), so that a run's final test reads seconds, not minutes.
+"""
+
+import pathlib
+import shutil
 
 from experiments.configs import default
 
 TINY = dict(batch_size=8, tgt_len=16, eval_batch_size=4, eval_tgt_len=32, eval_max_segments=4)
-TINY_MODEL = dict(d_model=32, n_head=2, d_inner=64, mem_len=16, f_max_iter=8, b_max_iter=8)
+TINY_MODEL = dict(d_model=32, n_head=2, d_inner=64, mem_len=16, max_iter=8, backward_max_iter=8)
+TEST_LINES = 60
 
 
-def tiny_config(tfds_dir, **overrides):
+def tiny_text(tfds_dir) -> str:
+  """The tiny runs' text folder, beside `tfds_dir` (made once): the sample's training file, a short test file."""
+  folder = pathlib.Path(str(tfds_dir) + "_text")
+  if not (folder / "wiki.test.tokens").exists():
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = pathlib.Path(default.SAMPLE_DIR)
+    shutil.copy(sample / "wiki.valid.tokens", folder / "wiki.valid.tokens")
+    lines = (sample / "wiki.test.tokens").read_text(encoding="utf-8").splitlines(keepends=True)
+    (folder / "wiki.test.tokens").write_text("".join(lines[:TEST_LINES]), encoding="utf-8")
+  return str(folder)
+
+
+def tiny_config(tfds_dir, model=None, **overrides):
+  """The default config shrunk, prepared into `tfds_dir`, with top-level `overrides` and `model` field overrides.
+
+  Its text is `tiny_text`'s unless `overrides` sets `data`.
+  """
   config = default.get_config()
   config.update({**TINY, **overrides})
-  config.model.update(TINY_MODEL)
+  config.model.update({**TINY_MODEL, **(model or {})})
   config.data.data_dir = str(tfds_dir)
+  if "data" not in overrides:
+    config.data.manual_dir = tiny_text(tfds_dir)
   return config

@@ -5,33 +5,30 @@ from deqjax.models.deq_transformer import (
   DEQTransformerClassifierConfig,
   DEQTransformerConfig,
   DEQTransformerLM,
-  LMOutput,
   Memory,
 )
-from deqjax.models.deq_trellisnet import DEQTrellisNetConfig, DEQTrellisNetLM, TrellisMemory, TrellisOutput
+from deqjax.models.deq_trellisnet import DEQTrellisNetConfig, DEQTrellisNetLM, TrellisMemory
+from deqjax.models.output import ModelOutput
 from deqjax.models.reference import from_reference, reference_hparams, to_reference
-from deqjax.models.sequence import TCN, ClassifierOutput, RecurrentClassifier, RecurrentConfig, TCNConfig
-from deqjax.models.transformer_xl import TransformerXLConfig, TransformerXLLM, XLOutput
+from deqjax.models.sequence import TCN, RecurrentClassifier, RecurrentConfig, TCNConfig
+from deqjax.models.transformer_xl import TransformerXLConfig, TransformerXLLM
 
 __all__ = [
   "TCN",
-  "ClassifierOutput",
   "DEQTransformerClassifier",
   "DEQTransformerClassifierConfig",
   "DEQTransformerConfig",
   "DEQTransformerLM",
   "DEQTrellisNetConfig",
   "DEQTrellisNetLM",
-  "LMOutput",
   "Memory",
+  "ModelOutput",
   "RecurrentClassifier",
   "RecurrentConfig",
   "TCNConfig",
   "TrellisMemory",
-  "TrellisOutput",
   "TransformerXLConfig",
   "TransformerXLLM",
-  "XLOutput",
   "from_reference",
   "reference_hparams",
   "to_reference",

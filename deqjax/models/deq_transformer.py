@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from deqjax._info import SolveInfo
-from deqjax.models.sequence import ClassifierOutput, classifier_output
+from deqjax.models.output import ModelOutput
+from deqjax.models.sequence import classifier_output
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs, check_tie_projs
 from deqjax.nn.attention import sinusoid_positions
 from deqjax.nn.deq_layer import DEQSettings, cell_output, join_sub_sequences, sub_sequences
@@ -95,11 +95,47 @@ class Memory(NamedTuple):
   u: jax.Array
 
 
-class LMOutput(NamedTuple):
-  nll: jax.Array  # [b, q], float32 (float64 for a float64 model)
-  memory: Memory
-  info: SolveInfo | None  # forward solve, per sample; None when pretraining
-  jac_loss: jax.Array | None = None  # [b] ||df/dz||_F^2 / n at z*, when asked for
+def transformer_body(model, emb, memory: Memory, dropout_key, unrolled: bool, jac_key, **solver_overrides):
+  """The DEQ-Transformer stage between the embedding and the output dropout (the LM's and the classifier's).
+
+  `model` has `config` (a `DEQTransformerConfig`-like), `injection` and `cell`; `emb` is `[b, q, d_model]`
+  in the compute dtype; `memory` the previous segment's. Returns (output `[b, q, d_model]`,
+  the new `Memory` (detached), the forward `SolveInfo` or None, the per-sample Jacobian penalty or None).
+  """
+  c = model.config
+  b, q, _ = emb.shape
+  dtype = emb.dtype
+  u = model.injection(emb)
+  masks = cell_masks(dropout_key, b, c.d_model, c.d_inner, c.dropout, dtype)
+  z_mem, u_mem = memory.z.astype(dtype), memory.u.astype(dtype)
+  parts = []
+  for start, stop in sub_sequences(q, 0 if unrolled else c.subseq_len):  # unrolled: whole, as the reference
+    u_part = u[:, start:stop]
+    pos_emb = sinusoid_positions(u_mem.shape[1] + stop - start, c.d_model, dtype)
+    weights, inputs = model.cell.prepare(u_mem, u_part, z_mem, pos_emb, masks)
+    weights = jax.tree.map(lambda w: w.astype(dtype), weights)
+    z0 = jnp.zeros((b, stop - start, c.d_model), dtype)
+    parts.append(
+      cell_output(
+        model.cell.f, weights, inputs, z0, c, unrolled=unrolled, training=dropout_key is not None, jac_key=jac_key,
+        **solver_overrides,
+      )
+    )  # fmt: skip
+    # As the reference, a later sub-sequence attends to the previous one's equilibria only.
+    z_mem, u_mem = parts[-1][0], u_part
+  z_star, out, info, jac = join_sub_sequences(parts)
+  new_memory = jax.lax.stop_gradient(
+    Memory(slide_memory(memory.z, z_star, c.mem_len), slide_memory(memory.u, u, c.mem_len))
+  )
+  return out, new_memory, info, jac
+
+
+def empty_memory(config, batch: int, dtype, length: int = 0) -> Memory:
+  """Zeros of `length` positions (0: the reference's empty memory: the first segment sees no context)."""
+  c = config
+  return Memory(
+    jnp.zeros((batch, length, c.d_model), dtype), jnp.zeros((batch, length, 3 * c.n_head * c.d_head), dtype)
+  )
 
 
 class DEQTransformerLM(nnx.Module):
@@ -116,61 +152,27 @@ class DEQTransformerLM(nnx.Module):
       rngs=rngs,
     )  # fmt: skip
 
-  def init_memory(self, batch: int, dtype=jnp.float32) -> Memory:
-    """An empty memory (length 0), as the reference's: the first segment sees no context."""
-    c = self.config
-    return Memory(jnp.zeros((batch, 0, c.d_model), dtype), jnp.zeros((batch, 0, 3 * c.n_head * c.d_head), dtype))
+  def init_memory(self, batch: int, dtype=jnp.float32, length: int = 0) -> Memory:
+    """Zeros of `length` positions (0, the default: the reference's empty memory)."""
+    return empty_memory(self.config, batch, dtype, length)
 
-  def body(
-    self,
-    emb: jax.Array,
-    memory: Memory | None,
-    *,
-    cell_key=None,
-    mode: str = "deq",
-    training: bool = False,
-    jac_key=None,
-    **solver_overrides,
-  ):
-    """Everything between the embedding and the softmax.
+  def body(self, emb, memory: Memory | None, *, dropout_key=None, unrolled=False, jac_key=None, **solver_overrides):
+    """Everything between the embedding and the output dropout.
 
     Args:
       emb: `[b, q, d_model]` (dropped-out) embeddings; their dtype is the compute dtype.
       memory: the previous segment's `Memory`, or None.
-      cell_key: PRNG key of the cell's variational masks (`cell_masks`; None: no dropout).
-      training: a training call (the softmax reads f(z*) with `feed_fz`, z* otherwise).
+      dropout_key: PRNG key of the cell's variational masks (`cell_masks`; None: no dropout, and
+        the softmax reads z*, not f(z*)).
+      unrolled: apply the cell `pretrain_depth` times instead of solving.
       jac_key: PRNG key of the Jacobian penalty's probe (None: not computed).
 
     Returns:
-      (output `[b, q, d_model]` fed to the softmax, the new `Memory`, the forward `SolveInfo` or None,
-      the per-sample Jacobian penalty `[b]` or None).
+      (output `[b, q, d_model]`, the new `Memory`, the forward `SolveInfo` or None, the
+      per-sample Jacobian penalty `[b]` or None).
     """
-    c = self.config
-    b, q, _ = emb.shape
-    dtype = emb.dtype
-    memory = self.init_memory(b, dtype) if memory is None else memory
-    u = self.injection(emb)
-    masks = cell_masks(cell_key, b, c.d_model, c.d_inner, c.dropout, dtype)
-    z_mem, u_mem = memory.z.astype(dtype), memory.u.astype(dtype)
-    parts = []
-    for start, stop in sub_sequences(q, c.subseq_len if mode == "deq" else 0):  # pretraining: whole, as the reference
-      u_part = u[:, start:stop]
-      pos_emb = sinusoid_positions(u_mem.shape[1] + stop - start, c.d_model, dtype)
-      weights, inputs = self.cell.prepare(u_mem, u_part, z_mem, pos_emb, masks)
-      weights = jax.tree.map(lambda w: w.astype(dtype), weights)
-      z0 = jnp.zeros((b, stop - start, c.d_model), dtype)
-      parts.append(
-        cell_output(
-          self.cell.f, weights, inputs, z0, c, mode=mode, training=training, jac_key=jac_key, **solver_overrides
-        )
-      )
-      # As the reference, a later sub-sequence attends to the previous one's equilibria only.
-      z_mem, u_mem = parts[-1][0], u_part
-    z_star, out, info, jac = join_sub_sequences(parts)
-    new_memory = jax.lax.stop_gradient(
-      Memory(slide_memory(memory.z, z_star, c.mem_len), slide_memory(memory.u, u, c.mem_len))
-    )
-    return out, new_memory, info, jac
+    memory = self.init_memory(emb.shape[0], emb.dtype) if memory is None else memory
+    return transformer_body(self, emb, memory, dropout_key, unrolled, jac_key, **solver_overrides)
 
   def __call__(
     self,
@@ -179,39 +181,41 @@ class DEQTransformerLM(nnx.Module):
     memory: Memory | None = None,
     *,
     dropout_key: jax.Array | None = None,
-    mode: str = "deq",
     dtype=jnp.float32,
+    unrolled: bool = False,
     jac_key: jax.Array | None = None,
     **solver_overrides,
-  ) -> LMOutput:
+  ) -> ModelOutput:
     """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the memory.
 
     Args:
       dropout_key: PRNG key for the variational masks: a training call. None evaluates (no
         dropout, the softmax reads z*).
-      mode: "deq" or "pretrain" (unrolled `pretrain_depth` layers).
       dtype: compute dtype of the cell (e.g. jnp.bfloat16); the softmax runs in at least float32.
+      unrolled: apply the cell `pretrain_depth` times (the shallow pretraining) instead of solving.
       jac_key: PRNG key for the Jacobian penalty (`jac_loss`); None skips it.
       solver_overrides: `deqjax.fixed_point` options for this call (and `settle_iters` of
-        `deqjax.nn.solve_cell` when pretraining).
+        `deqjax.nn.solve_cell` when unrolled).
     """
     b, q = tokens.shape
-    out, new_memory, info, jac = self.features(tokens, memory, dropout_key, mode, dtype, jac_key, **solver_overrides)
+    out, new_memory, info, jac = transformer_features(
+      self, tokens, memory, dropout_key, dtype, unrolled, jac_key, **solver_overrides
+    )
     acc = jnp.promote_types(dtype, jnp.float32)
     nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
-    return LMOutput(nll.reshape(b, q), new_memory, info, jac)
+    return ModelOutput(nll.reshape(b, q), new_memory, info, jac)
 
-  def features(self, tokens, memory, dropout_key, mode, dtype, jac_key, **solver_overrides):
-    """Embedding, dropout, `body`, dropout: (output `[b, q, d_model]`, new memory, info, jac), as `body`."""
-    c = self.config
-    b = tokens.shape[0]
-    keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
-    emb = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
-    out, new_memory, info, jac = self.body(
-      emb, memory, cell_key=keys[1], mode=mode, training=dropout_key is not None, jac_key=jac_key, **solver_overrides
-    )
-    out = apply_mask(out, position_mask(keys[2], b, tokens.shape[1], c.dropout, dtype))
-    return out, new_memory, info, jac
+
+def transformer_features(model, tokens, memory, dropout_key, dtype, unrolled, jac_key, **solver_overrides):
+  """Embedding, its dropout, the body, dropout of whole positions (the LM's and the classifier's)."""
+  c = model.config
+  b = tokens.shape[0]
+  keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
+  emb = apply_mask(model.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
+  memory = empty_memory(c, b, dtype) if memory is None else memory
+  out, new_memory, info, jac = transformer_body(model, emb, memory, keys[1], unrolled, jac_key, **solver_overrides)
+  out = apply_mask(out, position_mask(keys[2], b, tokens.shape[1], c.dropout, dtype))
+  return out, new_memory, info, jac
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,12 +251,13 @@ class DEQTransformerClassifierConfig(DEQSettings):
     return 0
 
 
-class DEQTransformerClassifier(DEQTransformerLM):
+class DEQTransformerClassifier(nnx.Module):
   """The DEQ-Transformer's embedding, injection and cell with a linear classification head.
 
       tokens -> Embed -> variational dropout -> injection -> z* = f(z*; u) -> f(z*) -> Linear -> logits
 
-  Attention is causal over the whole sequence (position t sees tokens <= t).
+  Attention is causal over the whole sequence (position t sees tokens <= t); nothing is carried
+  between batches.
   """
 
   def __init__(self, config: DEQTransformerClassifierConfig, *, rngs: nnx.Rngs):
@@ -263,6 +268,11 @@ class DEQTransformerClassifier(DEQTransformerLM):
     self.cell = DEQTransformerCell(c.d_model, c.n_head, c.d_head, c.d_inner, rngs=rngs)
     self.head = nnx.Linear(c.d_model, c.n_classes, rngs=rngs)
 
+  def init_memory(self, batch: int, dtype=jnp.float32, length: int = 0) -> tuple:
+    """Nothing is carried between batches."""
+    del batch, dtype, length
+    return ()
+
   def __call__(
     self,
     tokens: jax.Array,
@@ -270,19 +280,15 @@ class DEQTransformerClassifier(DEQTransformerLM):
     memory: tuple = (),
     *,
     dropout_key: jax.Array | None = None,
-    mode: str = "deq",
     dtype=jnp.float32,
+    unrolled: bool = False,
     jac_key: jax.Array | None = None,
     **solver_overrides,
-  ) -> ClassifierOutput:
+  ) -> ModelOutput:
     """Per-position cross-entropy of `targets` given `tokens` (both `[b, T]`); arguments as `DEQTransformerLM`."""
     del memory  # every sequence starts afresh
-    empty = DEQTransformerLM.init_memory(self, tokens.shape[0], dtype)
-    out, _, info, jac = self.features(tokens, empty, dropout_key, mode, dtype, jac_key, **solver_overrides)
+    out, _, info, jac = transformer_features(
+      self, tokens, None, dropout_key, dtype, unrolled, jac_key, **solver_overrides
+    )
     logits = self.head(out.astype(jnp.promote_types(dtype, jnp.float32)))
     return classifier_output(logits, targets, info=info, jac_loss=jac)
-
-  def init_memory(self, batch: int, dtype=jnp.float32) -> tuple:
-    """Nothing is carried between batches."""
-    del batch, dtype
-    return ()

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from deqjax._info import SolveInfo
+from deqjax.models.output import ModelOutput
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
 from deqjax.nn.deq_layer import DEQSettings, cell_output, join_sub_sequences, sub_sequences
 from deqjax.nn.dropout import apply_mask, variational_mask
@@ -46,8 +46,8 @@ class DEQTrellisNetConfig(DEQSettings):
   kernel_size: int = 2
   dilation: int = 1
   tie_weights: bool = True
-  f_max_iter: int = dataclasses.field(default=45, kw_only=True)
-  b_max_iter: int = dataclasses.field(default=45, kw_only=True)
+  max_iter: int = dataclasses.field(default=45, kw_only=True)
+  backward_max_iter: int = dataclasses.field(default=45, kw_only=True)
   pretrain_depth: int = dataclasses.field(default=40, kw_only=True)
 
   def __post_init__(self):
@@ -75,13 +75,6 @@ class TrellisMemory(NamedTuple):
   c: jax.Array
 
 
-class TrellisOutput(NamedTuple):
-  nll: jax.Array  # [b, q]
-  memory: TrellisMemory
-  info: SolveInfo | None
-  jac_loss: jax.Array | None = None  # [b] ||df/dz||_F^2 / n at z*, when asked for
-
-
 class DEQTrellisNetLM(nnx.Module):
   def __init__(self, config: DEQTrellisNetConfig, *, rngs: nnx.Rngs):
     c = config
@@ -92,29 +85,23 @@ class DEQTrellisNetLM(nnx.Module):
       c.n_token, c.nout, c.nout, c.cutoffs, 1, tie_weights=c.tie_weights, rngs=rngs
     )
 
-  def init_memory(self, batch: int, dtype=jnp.float32) -> TrellisMemory:
-    """Zeros, as the reference's initial memory."""
+  def init_memory(self, batch: int, dtype=jnp.float32, length: int = 0) -> TrellisMemory:
+    """Zeros, as the reference's initial memory (one position, whatever `length`)."""
+    del length
     zeros = jnp.zeros((batch, 1, self.config.d_state), dtype)
     return TrellisMemory(zeros, zeros)
 
   def body(
-    self,
-    x: jax.Array,
-    memory: TrellisMemory | None,
-    *,
-    hidden_key=None,
-    mode: str = "deq",
-    training: bool = False,
-    jac_key=None,
-    **solver_overrides,
+    self, x, memory: TrellisMemory | None, *, dropout_key=None, unrolled=False, jac_key=None, **solver_overrides
   ):
-    """Everything between the embedding and the softmax.
+    """Everything between the embedding and the output dropout.
 
     Args:
       x: `[b, q, d_embed]` (dropped-out) embeddings; their dtype is the compute dtype.
       memory: the previous segment's `TrellisMemory`, or None.
-      hidden_key: PRNG key of the variational mask on h (None: no dropout).
-      training: a training call (the softmax reads f(z*) with `feed_fz`, z* otherwise).
+      dropout_key: PRNG key of the variational mask on h (None: no dropout, and the softmax
+        reads z*, not f(z*)).
+      unrolled: apply the cell `pretrain_depth` times instead of solving.
       jac_key: PRNG key of the Jacobian penalty's probe (None: not computed).
 
     Returns:
@@ -125,19 +112,20 @@ class DEQTrellisNetLM(nnx.Module):
     b, q, _ = x.shape
     dtype = x.dtype
     memory = self.init_memory(b, dtype) if memory is None else memory
-    h_mask = variational_mask(hidden_key, b, c.d_state, c.dropout_hidden, dtype)
+    h_mask = variational_mask(dropout_key, b, c.d_state, c.dropout_hidden, dtype)
     injection = self.cell.injection(x)
     h_last, c_last = memory.h.astype(dtype), memory.c.astype(dtype)
     parts = []
-    for start, stop in sub_sequences(q, c.subseq_len if mode == "deq" else 0):  # pretraining: whole, as the reference
+    for start, stop in sub_sequences(q, 0 if unrolled else c.subseq_len):  # unrolled: whole, as the reference
       weights, inputs = self.cell.prepare(injection[:, start:stop], h_last, c_last, h_mask)
       weights = jax.tree.map(lambda w: w.astype(dtype), weights)
       z0 = {"h": jnp.zeros((b, stop - start, c.d_state), dtype), "c": jnp.zeros((b, stop - start, c.d_state), dtype)}
       parts.append(
         cell_output(
-          self.cell.f, weights, inputs, z0, c, mode=mode, training=training, jac_key=jac_key, **solver_overrides
+          self.cell.f, weights, inputs, z0, c, unrolled=unrolled, training=dropout_key is not None, jac_key=jac_key,
+          **solver_overrides,
         )
-      )
+      )  # fmt: skip
       h_last, c_last = parts[-1][0]["h"][:, -1:], parts[-1][0]["c"][:, -1:]  # the next one's history
     z_star, z_out, info, jac = join_sub_sequences(parts)
     new_memory = jax.lax.stop_gradient(TrellisMemory(z_star["h"][:, -1:], z_star["c"][:, -1:]))
@@ -150,11 +138,11 @@ class DEQTrellisNetLM(nnx.Module):
     memory: TrellisMemory | None = None,
     *,
     dropout_key: jax.Array | None = None,
-    mode: str = "deq",
     dtype=jnp.float32,
+    unrolled: bool = False,
     jac_key: jax.Array | None = None,
     **solver_overrides,
-  ) -> TrellisOutput:
+  ) -> ModelOutput:
     """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the previous segment's history.
 
     Arguments as `DEQTransformerLM.__call__` (a `dropout_key` makes it a training call).
@@ -166,9 +154,9 @@ class DEQTrellisNetLM(nnx.Module):
       self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_embed, c.dropout_input, dtype)
     )
     out, new_memory, info, jac = self.body(
-      x, memory, hidden_key=keys[1], mode=mode, training=dropout_key is not None, jac_key=jac_key, **solver_overrides
+      x, memory, dropout_key=keys[1], unrolled=unrolled, jac_key=jac_key, **solver_overrides
     )
     out = apply_mask(out, variational_mask(keys[2], b, c.nout, c.dropout_output, dtype))
     acc = jnp.promote_types(dtype, jnp.float32)
     nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
-    return TrellisOutput(nll.reshape(b, q), new_memory, info, jac)
+    return ModelOutput(nll.reshape(b, q), new_memory, info, jac)

@@ -1,40 +1,32 @@
 """Per-position sequence classifiers for synthetic tasks (copy memory): a causal TCN, an LSTM and a GRU.
 
 Each maps tokens `[b, T]` to logits `[b, T, n_classes]` and scores targets
-`[b, T]`, returning a `ClassifierOutput`. Their call signature is that of the
-language models (tokens, targets, memory), with an empty memory: one sequence
-is one example, nothing is carried between batches.
+`[b, T]`, returning a `ModelOutput` with its logits. Their call signature is every
+model's (`deqjax.models.output`), with an empty memory: one sequence is one example,
+nothing is carried between batches.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from deqjax._info import SolveInfo
+from deqjax.models.output import ModelOutput, refuse_deq_options
 from deqjax.nn.dropout import apply_mask, variational_mask
 from deqjax.nn.weight_norm import WeightNormConv1D, causal_conv
 
 
-class ClassifierOutput(NamedTuple):
-  nll: jax.Array  # [b, T] cross-entropy per position (at least float32)
-  logits: jax.Array  # [b, T, n_classes]
-  memory: tuple = ()  # nothing carried between batches
-  info: SolveInfo | None = None  # forward solve of a DEQ model, per sample
-  jac_loss: jax.Array | None = None  # [b] Jacobian penalty of a DEQ model, when asked for
-
-
-def classifier_output(logits: jax.Array, targets: jax.Array, **fields) -> ClassifierOutput:
+def classifier_output(logits: jax.Array, targets: jax.Array, **fields) -> ModelOutput:
   """Per-position cross-entropy of `targets` `[b, T]` under `logits` `[b, T, c]`, in at least float32."""
   if targets.shape != logits.shape[:-1]:
     raise ValueError(f"targets {targets.shape} must match the logits' leading axes {logits.shape[:-1]}.")
   logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-  return ClassifierOutput(optax.softmax_cross_entropy_with_integer_labels(logits, targets), logits, **fields)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  return ModelOutput(nll, memory=(), logits=logits, **fields)
 
 
 def _check_positive(owner: str, **values) -> None:
@@ -113,13 +105,16 @@ class TCN(nnx.Module):
     self.blocks = nnx.List(TemporalBlock(widths[i], widths[i + 1], c.kernel, 2**i, rngs=rngs) for i in range(c.levels))
     self.head = nnx.Linear(c.channels, c.n_classes, rngs=rngs)
 
-  def init_memory(self, batch: int, dtype=jnp.float32) -> tuple:
-    del batch, dtype
+  def init_memory(self, batch: int, dtype=jnp.float32, length: int = 0) -> tuple:
+    del batch, dtype, length
     return ()
 
-  def __call__(self, tokens, targets, memory=(), *, dropout_key=None, dtype=jnp.float32) -> ClassifierOutput:
+  def __call__(
+    self, tokens, targets, memory=(), *, dropout_key=None, dtype=jnp.float32, unrolled=False, jac_key=None, **solver
+  ) -> ModelOutput:
     """Cross-entropy of `targets` given `tokens` (both `[b, T]`); position t sees tokens <= t only."""
     del memory
+    refuse_deq_options("TCN", unrolled, jac_key, solver)
     c = self.config
     _check_tokens(tokens)
     b = tokens.shape[0]
@@ -168,13 +163,16 @@ class RecurrentClassifier(nnx.Module):
     self.cell = RECURRENT_CELLS[c.cell](c.n_token, c.hidden, rngs=rngs)
     self.head = nnx.Linear(c.hidden, c.n_classes, rngs=rngs)
 
-  def init_memory(self, batch: int, dtype=jnp.float32) -> tuple:
-    del batch, dtype
+  def init_memory(self, batch: int, dtype=jnp.float32, length: int = 0) -> tuple:
+    del batch, dtype, length
     return ()
 
-  def __call__(self, tokens, targets, memory=(), *, dropout_key=None, dtype=jnp.float32) -> ClassifierOutput:
+  def __call__(
+    self, tokens, targets, memory=(), *, dropout_key=None, dtype=jnp.float32, unrolled=False, jac_key=None, **solver
+  ) -> ModelOutput:
     """Cross-entropy of `targets` given `tokens` (both `[b, T]`), the state starting at zero."""
     del memory, dropout_key
+    refuse_deq_options("RecurrentClassifier", unrolled, jac_key, solver)
     c = self.config
     _check_tokens(tokens)
     zeros = jnp.zeros((tokens.shape[0], c.hidden), dtype)

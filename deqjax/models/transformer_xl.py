@@ -9,13 +9,13 @@ entered it (the last `mem_len` of them) as its memory, as in Transformer-XL.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from deqjax.models.deq_transformer import DEQTransformerConfig
+from deqjax.models.output import ModelOutput, refuse_deq_options
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from deqjax.nn.attention import sinusoid_positions
 from deqjax.nn.dropout import apply_mask, position_mask, variational_mask
@@ -34,11 +34,6 @@ class TransformerXLConfig(DEQTransformerConfig):
       raise ValueError(f"n_layer must be an int >= 1; got {self.n_layer!r}.")
 
 
-class XLOutput(NamedTuple):
-  nll: jax.Array  # [b, q]
-  memory: tuple[jax.Array, ...]  # per layer [b, mem_len, d_model]
-
-
 class TransformerXLLM(nnx.Module):
   def __init__(self, config: TransformerXLConfig, *, rngs: nnx.Rngs):
     c = config
@@ -55,16 +50,21 @@ class TransformerXLLM(nnx.Module):
       rngs=rngs,
     )  # fmt: skip
 
-  def init_memory(self, batch: int, dtype=jnp.float32) -> tuple[jax.Array, ...]:
-    return tuple(jnp.zeros((batch, 0, self.config.d_model), dtype) for _ in range(self.config.n_layer))
+  def init_memory(self, batch: int, dtype=jnp.float32, length: int = 0) -> tuple[jax.Array, ...]:
+    """Per layer, zeros of `length` positions (0, the default: empty)."""
+    return tuple(jnp.zeros((batch, length, self.config.d_model), dtype) for _ in range(self.config.n_layer))
 
-  def body(self, h: jax.Array, memory, *, keys=None):
-    """The untied layers: `[b, q, d_model]` embeddings -> (output, per-layer memory); `keys`: one per layer or None."""
+  def body(self, h: jax.Array, memory, *, dropout_key=None, unrolled=False, jac_key=None, **solver_overrides):
+    """The untied layers: `[b, q, d_model]` embeddings -> (output, per-layer memory, None, None).
+
+    `dropout_key` is split into one key per layer (None: no dropout); the DEQ-only options are refused.
+    """
+    refuse_deq_options("TransformerXLLM", unrolled, jac_key, solver_overrides)
     c = self.config
     b = h.shape[0]
     dtype = h.dtype
     memory = self.init_memory(b, dtype) if memory is None else memory
-    keys = [None] * c.n_layer if keys is None else keys
+    keys = [None] * c.n_layer if dropout_key is None else list(jax.random.split(dropout_key, c.n_layer))
     new_memory = []
     for layer, mem, key in zip(self.layers, memory, keys, strict=True):
       new_memory.append(jax.lax.stop_gradient(slide_memory(mem, h, c.mem_len)))
@@ -72,16 +72,18 @@ class TransformerXLLM(nnx.Module):
       masks = cell_masks(key, b, c.d_model, c.d_inner, c.dropout, dtype)
       weights, inputs = layer.prepare(None, None, mem.astype(dtype), pos_emb, masks)
       h = layer.f(jax.tree.map(lambda w: w.astype(dtype), weights), h, inputs)
-    return h, tuple(new_memory)
+    return h, tuple(new_memory), None, None
 
-  def __call__(self, tokens, targets, memory=None, *, dropout_key=None, dtype=jnp.float32) -> XLOutput:
+  def __call__(
+    self, tokens, targets, memory=None, *, dropout_key=None, dtype=jnp.float32, unrolled=False, jac_key=None, **solver
+  ) -> ModelOutput:
     """Per-token NLL of `targets` given `tokens` (both `[b, q]`) and the per-layer memory."""
     c = self.config
     b, q = tokens.shape
-    keys = [None] * (c.n_layer + 2) if dropout_key is None else list(jax.random.split(dropout_key, c.n_layer + 2))
+    keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
     h = apply_mask(self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
-    h, new_memory = self.body(h, memory, keys=keys[1:-1])
-    h = apply_mask(h, position_mask(keys[-1], b, q, c.dropout, dtype))
+    h, new_memory, _, _ = self.body(h, memory, dropout_key=keys[1], unrolled=unrolled, jac_key=jac_key, **solver)
+    h = apply_mask(h, position_mask(keys[2], b, q, c.dropout, dtype))
     acc = jnp.promote_types(dtype, jnp.float32)
     nll = self.softmax.nll(h.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
-    return XLOutput(nll.reshape(b, q), new_memory)
+    return ModelOutput(nll.reshape(b, q), new_memory)

@@ -1,4 +1,4 @@
-"""Running a cell to its equilibrium (DEQ mode) or unrolled L times (pretraining mode)."""
+"""Running a cell to its equilibrium, or unrolled L times (pretraining)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from deqjax._diagnostics import jacobian_frobenius_sq
 from deqjax._fixed_point import fixed_point
 from deqjax._info import SolveInfo
 
-MODES = ("deq", "pretrain")
-
 
 def solve_cell(
   step: Callable[[Any, Any, Any], Any],
@@ -23,42 +21,38 @@ def solve_cell(
   inputs: Any,
   z0: Any,
   *,
-  mode: str = "deq",
-  pretrain_depth: int = 2,
+  unroll_depth: int | None = None,
   settle_iters: int | jax.Array = 0,
   **solver_options,
 ) -> tuple[Any, SolveInfo | None]:
-  """The cell's output state in either training regime.
+  """The cell's output state: its equilibrium, or the cell unrolled a fixed number of times.
 
   Args:
     step: the cell's f(weights, z, inputs) (pure; weights are passed, not closed over).
     weights, inputs: as `step` takes them (weights differentiated implicitly).
-    z0: the initial state (its gradient is zero in DEQ mode).
-    mode: "deq" solves z* = f(z*) with `deqjax.fixed_point(**solver_options)`;
-      "pretrain" applies f `pretrain_depth` times from z0 with ordinary backprop
-      (the reference's shallow weight-tied warm-up).
-    pretrain_depth: L for the pretraining mode.
-    settle_iters: pretraining mode only: f is first applied this many times without gradient
+    z0: the initial state (its gradient is zero when solving).
+    unroll_depth: None solves z* = f(z*) with `deqjax.fixed_point(**solver_options)`; an int
+      L >= 1 applies f L times from z0 with ordinary backprop (the reference's shallow
+      weight-tied warm-up, "pretraining").
+    settle_iters: unrolled only: f is first applied this many times without gradient
       (z0 -> f^K(z0), a stop-gradient warm start; an int or a traced integer), so the L
       differentiated layers start from an iterate K steps along: the loss then asks the map to
-      work from late iterates too, not only from z0. Must be 0 in DEQ mode.
+      work from late iterates too, not only from z0. Must be 0 when solving.
 
   Returns:
-    (z, info): info is the forward `SolveInfo` in DEQ mode and None when pretraining.
+    (z, info): info is the forward `SolveInfo` when solving and None when unrolled.
   """
-  no_settling = _check_settle_iters(settle_iters, mode)
-  if mode == "deq":
+  no_settling = _check_settle_iters(settle_iters, unroll_depth)
+  if unroll_depth is None:
     return fixed_point(step, weights, inputs, z0, **solver_options)
-  if mode == "pretrain":
-    if isinstance(pretrain_depth, bool) or not isinstance(pretrain_depth, int) or pretrain_depth < 1:
-      raise ValueError(f"pretrain_depth must be an int >= 1; got {pretrain_depth!r}.")
-    if not no_settling:  # a warm start with no gradient to anything
-      z0 = unrolled(step, *jax.lax.stop_gradient((weights, inputs, z0)), settle_iters)
-    return unrolled(step, weights, inputs, z0, pretrain_depth), None
-  raise ValueError(f"Unknown mode={mode!r}; expected one of {list(MODES)}.")
+  if isinstance(unroll_depth, bool) or not isinstance(unroll_depth, int) or unroll_depth < 1:
+    raise ValueError(f"unroll_depth must be None (solve) or an int >= 1; got {unroll_depth!r}.")
+  if not no_settling:  # a warm start with no gradient to anything
+    z0 = unrolled(step, *jax.lax.stop_gradient((weights, inputs, z0)), settle_iters)
+  return unrolled(step, weights, inputs, z0, unroll_depth), None
 
 
-def _check_settle_iters(settle_iters, mode: str) -> bool:
+def _check_settle_iters(settle_iters, unroll_depth) -> bool:
   """Errors on a bad `settle_iters`; True when it is the static 0 (no settling)."""
   if isinstance(settle_iters, jax.Array):
     if settle_iters.ndim != 0 or not jnp.issubdtype(settle_iters.dtype, jnp.integer):
@@ -70,33 +64,43 @@ def _check_settle_iters(settle_iters, mode: str) -> bool:
     no_settling = settle_iters == 0
   else:
     raise TypeError(f"settle_iters must be an int or a scalar integer array; got {settle_iters!r}.")
-  if mode == "deq" and not no_settling:
-    raise ValueError(f"settle_iters is a pretraining option; got settle_iters={settle_iters!r} with mode='deq'.")
+  if unroll_depth is None and not no_settling:
+    raise ValueError(
+      f"settle_iters is an option of the unrolled cell; got settle_iters={settle_iters!r} with unroll_depth=None."
+    )
   return no_settling
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DEQSettings:
-  """The solver settings of the DEQ language models (a base of their config dataclasses).
+  """The solver settings of the DEQ models (a base of their config dataclasses).
+
+  The solver fields carry `deqjax.fixed_point`'s own names.
 
   Attributes:
-    f_max_iter, b_max_iter: forward / backward solver caps.
-    f_tol, b_tol: relative tolerances of the forward / backward solves.
+    max_iter, backward_max_iter: forward / backward (adjoint) solver caps.
+    rtol, backward_rtol: relative tolerances of the forward / backward solves (absolute
+      tolerances are 0: the relative test alone decides).
+    backward: how training differentiates the equilibrium: "implicit" (the adjoint solve) or
+      "phantom" (`phantom_steps` damped unrolled steps, damping `phantom_damping`).
     broyden_history: Broyden updates kept per solve (None: all, as the reference; fewer saves
       2 x history x state memory per solve).
-    pretrain_depth: unrolled layers in the pretraining mode.
+    pretrain_depth: layers of the unrolled cell while pretraining.
     feed_fz: in training, feed f(z*) rather than z* to the softmax, as the 2019 reference does
       (its `deqback` applies f once more, with gradients, to the equilibrium). Evaluation and the
-      unrolled pretraining mode read the state itself, as the reference does.
+      unrolled cell read the state itself, as the reference does.
     subseq_len: solve each segment in consecutive sub-sequences of this many positions, each
       after the previous one and with the previous one's equilibrium as its history (the
       reference's `subseq_len`; 0: the whole segment at once).
   """
 
-  f_max_iter: int = 30
-  b_max_iter: int = 40
-  f_tol: float = 1e-3
-  b_tol: float = 1e-3
+  max_iter: int = 30
+  backward_max_iter: int = 40
+  rtol: float = 1e-3
+  backward_rtol: float = 1e-3
+  backward: str = "implicit"
+  phantom_steps: int = 1
+  phantom_damping: float = 1.0
   broyden_history: int | None = None
   pretrain_depth: int = 2
   feed_fz: bool = True
@@ -106,13 +110,16 @@ class DEQSettings:
     """`fixed_point` options: per-sample Broyden with relative tolerances, overridable per call."""
     options = dict(
       solver=Broyden(history=self.broyden_history),
-      max_iter=self.f_max_iter,
+      max_iter=self.max_iter,
       tol=0.0,
-      rtol=self.f_tol,
+      rtol=self.rtol,
       batch_axis=0,
-      backward_max_iter=self.b_max_iter,
+      backward=self.backward,
+      backward_max_iter=self.backward_max_iter,
       backward_tol=0.0,
-      backward_rtol=self.b_tol,
+      backward_rtol=self.backward_rtol,
+      phantom_steps=self.phantom_steps,
+      phantom_damping=self.phantom_damping,
     )
     options.update(overrides)
     return options
@@ -125,27 +132,28 @@ def cell_output(
   z0,
   settings: DEQSettings,
   *,
-  mode: str,
+  unrolled: bool,
   training: bool,
   jac_key=None,
   settle_iters=0,
   **solver_overrides,
 ):
-  """A language model's cell stage: the equilibrium (or the unrolled state), what the softmax reads, and more.
+  """A DEQ model's cell stage: the equilibrium (or the unrolled state), what the softmax reads, and more.
 
-  `settle_iters` is `solve_cell`'s (pretraining only); `solver_overrides` override `settings.solver_options`.
+  `unrolled`: apply the cell `settings.pretrain_depth` times instead of solving; `settle_iters` is
+  `solve_cell`'s (unrolled only); `solver_overrides` override `settings.solver_options`.
 
   Returns:
-    (z, output, info, jac): z from `solve_cell`; output = f(z) when training in DEQ mode with
-    `settings.feed_fz`, else z;
-    the forward `SolveInfo` (None when pretraining); the per-sample `jacobian_penalty` when
-    `jac_key` is given, else None. Every state leaf has the batch on axis 0.
+    (z, output, info, jac): z from `solve_cell`; output = f(z) when training the equilibrium with
+    `settings.feed_fz`, else z; the forward `SolveInfo` (None when unrolled); the per-sample
+    `jacobian_penalty` when `jac_key` is given, else None. Every state leaf has the batch on axis 0.
   """
-  options = settings.solver_options(**solver_overrides)
-  z, info = solve_cell(
-    step, weights, inputs, z0, mode=mode, pretrain_depth=settings.pretrain_depth, settle_iters=settle_iters, **options
-  )
-  output = step(weights, z, inputs) if settings.feed_fz and training and mode == "deq" else z
+  if unrolled:
+    z, info = solve_cell(step, weights, inputs, z0, unroll_depth=settings.pretrain_depth, settle_iters=settle_iters)
+  else:
+    options = settings.solver_options(**solver_overrides)
+    z, info = solve_cell(step, weights, inputs, z0, settle_iters=settle_iters, **options)
+  output = step(weights, z, inputs) if settings.feed_fz and training and not unrolled else z
   jac = None if jac_key is None else jacobian_penalty(step, weights, z, inputs, jac_key)
   return z, output, info, jac
 

@@ -10,7 +10,7 @@ import os
 
 import ml_collections
 
-from experiments.configs.training import add_training
+from experiments.configs.fields import add_training
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "wikitext-2")
 
@@ -18,7 +18,8 @@ SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 def get_config():
   config = ml_collections.ConfigDict()
   config.model_name = "deq_transformer"
-  config.mode = "deq"
+  config.study, config.row = "default", "default"
+  config.execution = "deq"
   config.model = ml_collections.ConfigDict(
     dict(
       n_token=0,
@@ -27,10 +28,10 @@ def get_config():
       d_inner=256,
       dropout=0.1,
       mem_len=32,
-      f_max_iter=16,
-      b_max_iter=16,
-      f_tol=1e-3,
-      b_tol=1e-3,
+      max_iter=16,
+      backward_max_iter=16,
+      rtol=1e-3,
+      backward_rtol=1e-3,
       pretrain_depth=2,
     )
   )

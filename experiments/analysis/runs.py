@@ -1,0 +1,44 @@
+"""One reader for every run: where a config row's workdir is, its config, and its metrics.
+
+A row is named once: `experiments/configs/<study>/<row>.py` (its `config.study`, `config.row`),
+trained into `<root>/<study>/<row>` (a seed other than the config's: `<row>_seed<N>`), listed in
+the tables under that row.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+
+def load_config(study: str, row: str):
+  """The ConfigDict of `experiments/configs/<study>/<row>.py`."""
+  return importlib.import_module(f"experiments.configs.{study}.{row}").get_config()
+
+
+def workdir(root: str, study: str, row: str, seed: int | None = None) -> str:
+  """`<root>/<study>/<row>`, or `<root>/<study>/<row>_seed<seed>` for a run with another seed."""
+  return os.path.join(root, study, row if seed is None else f"{row}_seed{seed}")
+
+
+def read_metrics(workdir: str, eval_key: str, test_key: str) -> dict | None:
+  """A workdir's metrics.jsonl split into training records, evaluations (records with `eval_key`) and
+  the last record with `test_key` (None if the run has not tested); None when there is no metrics file.
+
+  Training records name their training phase under "phase" (logs written before the name
+  changed say "mode"; they are read the same).
+  """
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as lines:
+    records = [json.loads(line) for line in lines]
+  for record in records:
+    if "mode" in record and "phase" not in record:
+      record["phase"] = record.pop("mode")
+  return {
+    "train": [r for r in records if "loss" in r],
+    "evals": [r for r in records if eval_key in r],
+    "test": next((r for r in reversed(records) if test_key in r), None),
+  }

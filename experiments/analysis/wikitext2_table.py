@@ -1,0 +1,174 @@
+r"""The equal-parameter, equal-time WikiText-2 comparison: one table beside the paper's claims, and a plot.
+
+    python -m experiments.analysis.wikitext2_table --root=workdirs [--png=results/wt2_training.png]
+
+Reads `<root>/wikitext2/<row>/metrics.jsonl`, the runs of
+`python -m experiments.main --config=experiments/configs/wikitext2/<row>.py --workdir=<root>/wikitext2/<row>`
+(rows: deq_transformer, transformer_xl_tied, transformer_xl_untied, deq_trellisnet, trellisnet), and prints
+  * per row: parameters (all / non-embedding), test perplexity, training steps and seconds, the
+    median time per step of the row's main phase and its tokens/s, and the training-step memory of
+    the body (XLA's compiled memory analysis, embeddings excluded as in the paper) at the rows'
+    training shape and at the paper's batch 15 x length 150, beside the paper's perplexity and GB;
+  * the DEQ against each baseline: perplexity, memory saving, time per step (paper: 2.82x slower).
+The PNG shows validation perplexity against training time for every row, and the DEQ rows'
+forward / backward solver steps and forward residual over training (the paper's Figure 2 analogue).
+Rows without a workdir are listed as not run.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from absl import app, flags
+
+from experiments import trainer
+from experiments.analysis import plots
+from experiments.analysis.memory_table import step_memory
+from experiments.analysis.paper import paper_row
+from experiments.analysis.runs import load_config, read_metrics, workdir
+from experiments.trainer.models import abstract_model, count_parameters
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """This script's flags; defined only when it runs, so that importing its functions defines none."""
+  flags.DEFINE_string("root", "workdirs", "Folder holding the <study>/<row> workdirs.")
+  flags.DEFINE_string("png", "", "Where to write the training plot ('': no plot).")
+  flags.DEFINE_bool("memory", True, "Compile each row's training step for its memory (about a minute in all).")
+
+
+ROWS = ("deq_transformer", "transformer_xl_tied", "transformer_xl_untied", "deq_trellisnet", "trellisnet")
+NAMES = {
+  "deq_transformer": "DEQ-Transformer",
+  "transformer_xl_tied": "Transformer-XL, weight-tied 16L",
+  "transformer_xl_untied": "Transformer-XL, untied 4L",
+  "deq_trellisnet": "DEQ-TrellisNet",
+  "trellisnet": "TrellisNet, 16L",
+}
+COMPARISONS = (
+  ("deq_transformer", "transformer_xl_tied"),
+  ("deq_transformer", "transformer_xl_untied"),
+  ("deq_trellisnet", "trellisnet"),
+)
+PAPER_SHAPE = (15, 150)  # the paper's memory column: batch 15, length 150
+GB = 1e9
+
+
+def read_run(workdir: str) -> dict | None:
+  """Training records, validation records and the test record of one workdir (None: no metrics)."""
+  return read_metrics(workdir, "valid_ppl", "test_ppl")
+
+
+def summarize(config, run: dict) -> dict:
+  """Test perplexity, steps, training seconds, median s/step of the main phase and its tokens/s."""
+  last = run["test"] or (run["evals"][-1] if run["evals"] else run["train"][-1])
+  main = [r["s_per_step"] for r in run["train"] if r["phase"] == trainer.final_phase(config)]
+  s_per_step = statistics.median(main) if main else float("nan")
+  return {
+    "test_ppl": run["test"]["test_ppl"] if run["test"] else None,
+    "valid_ppl": run["evals"][-1]["valid_ppl"] if run["evals"] else None,
+    "steps": last["step"],
+    "seconds": last.get("train_seconds", 0.0),
+    "s_per_step": s_per_step,
+    "tokens_per_s": config.batch_size * config.tgt_len / s_per_step,
+  }
+
+
+def body_memory(config) -> tuple[float, float]:
+  """Training-step memory of the body in GB: at the row's training shape, and at the paper's 15 x 150."""
+  own = step_memory(config, config.batch_size, config.tgt_len)["total"] / GB
+  paper = step_memory(config, *PAPER_SHAPE)["total"] / GB
+  return own, paper
+
+
+def main(argv):
+  del argv
+  table, runs = {}, {}
+  for row in ROWS:
+    config = load_config("wikitext2", row)
+    params, non_embedding = count_parameters(abstract_model(config))
+    entry = {"config": config, "params": params, "non_embedding": non_embedding}
+    run = read_run(workdir(FLAGS.root, "wikitext2", row))
+    if run is not None and run["train"]:
+      runs[row] = run
+      entry.update(summarize(config, run))
+    if FLAGS.memory:
+      entry["memory"] = body_memory(config)
+    table[row] = entry
+  print_table(table)
+  print_comparisons(table)
+  if FLAGS.png and runs:
+    plot(runs, FLAGS.png)
+    print(f"\nwrote {FLAGS.png}")
+
+
+def print_table(table: dict) -> None:
+  batch, length = next(iter(table.values()))["config"].batch_size, next(iter(table.values()))["config"].tgt_len
+  print(f"WikiText-2 (train: validation file; test: test file), {batch} x {length} tokens per step.\n")
+  print(
+    f"| model | params (non-emb.) | test ppl | steps | train s | s/step | tokens/s |"
+    f" memory GB {batch}x{length} | memory GB 15x150 | paper's row (WT103) | paper ppl | paper GB |"
+  )
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for row, e in table.items():
+    paper = paper_row("wikitext2", row)
+    memory = e.get("memory")
+    mem = f"{memory[0]:.3f} | {memory[1]:.2f}" if memory else " | "
+    head = f"| {NAMES[row]} | {e['params']:,} ({e['non_embedding']:,}) |"
+    tail = f" {mem} | {paper.label} | {paper.ppl} | {paper.memory_gb} |"
+    if "steps" not in e:
+      print(f"{head} not run | | | | |{tail}")
+      continue
+    ppl = f"{e['test_ppl']:.1f}" if e["test_ppl"] else f"(valid {e['valid_ppl']:.1f}, running)"
+    print(f"{head} {ppl} | {e['steps']} | {e['seconds']:.0f} | {e['s_per_step']:.3f} | {e['tokens_per_s']:.0f} |{tail}")
+
+
+def print_comparisons(table: dict) -> None:
+  print("\nThe DEQ against each baseline (paper: WikiText-103 rows; 2.82x the training time of a transformer):")
+  for deq, base in COMPARISONS:
+    d, b = table[deq], table[base]
+    paper_d, paper_b = paper_row("wikitext2", deq), paper_row("wikitext2", base)
+    parts = []
+    if d.get("test_ppl") and b.get("test_ppl"):
+      paper = f"paper {paper_d.ppl} vs {paper_b.ppl}"
+      parts.append(f"test ppl {d['test_ppl']:.1f} vs {b['test_ppl']:.1f} ({paper})")
+    if "memory" in d and "memory" in b:
+      saved = [100 * (1 - m_d / m_b) for m_d, m_b in zip(d["memory"], b["memory"], strict=True)]
+      paper = 100 * (1 - paper_d.memory_gb / paper_b.memory_gb)
+      train_shape, long_shape = (f"{abs(v):.0f}% {'less' if v >= 0 else 'more'}" for v in saved)
+      parts.append(f"memory {train_shape} at the training shape, {long_shape} at 15x150 (paper {paper:.0f}% less)")
+    if "s_per_step" in d and "s_per_step" in b:
+      parts.append(f"{d['s_per_step'] / b['s_per_step']:.2f}x the time per step")
+    print(f"  {NAMES[deq]} vs {NAMES[base]}: " + "; ".join(parts))
+
+
+def plot(runs: dict, path: str) -> None:
+  fig, (ax_ppl, ax_steps, ax_res) = plots.subplots(1, 3, figsize=(13, 3.6))
+  for row, run in runs.items():
+    minutes = [e["train_seconds"] / 60 for e in run["evals"]]
+    ax_ppl.plot(minutes, [e["valid_ppl"] for e in run["evals"]], marker=".", label=NAMES[row])
+  ax_ppl.set(yscale="log", xlabel="training minutes (one CPU core)", ylabel="validation perplexity")
+  ax_ppl.set_title("WikiText-2, equal time and parameters", fontsize=10)
+  ax_ppl.legend(fontsize=7)
+  for row in ("deq_transformer", "deq_trellisnet"):
+    deq = [r for r in runs.get(row, {"train": []})["train"] if "f_steps" in r]
+    if not deq:
+      continue
+    steps = [r["step"] for r in deq]
+    (line,) = ax_steps.plot(steps, [r["f_steps"] for r in deq], label=f"{NAMES[row]} forward")
+    ax_steps.plot(steps, [r["b_steps"] for r in deq], linestyle="--", color=line.get_color(), label="  backward")
+    ax_res.plot(steps, [r["f_residual"] for r in deq], color=line.get_color(), label=f"{NAMES[row]} forward")
+    ax_res.plot(steps, [r["b_residual"] for r in deq], linestyle="--", color=line.get_color(), label="  backward")
+  ax_steps.set(xlabel="training step", ylabel="solver steps (cap 16)", title="Solver steps over training")
+  ax_res.set(xlabel="training step", ylabel="relative residual", yscale="log", title="Final residual over training")
+  for ax in (ax_steps, ax_res):
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  plots.save(fig, path)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,103 @@
+"""The copy-memory task: training batches from (seed, step), a fixed held-out set.
+
+The reported loss is the cross-entropy per position averaged over all T + 20
+positions of the held-out sequences, as in the paper's Table 1; evaluation also
+reports the loss on the ten recall positions and how many recalled digits are
+right.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from deqjax.data import copy_memory
+from experiments.tasks.base import EvalSet, local_rows
+
+
+class CopyMemoryTask:
+  result_name = "test_loss"
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    d = config.data
+    self.config = config
+    self.T = d.T
+    self.length = copy_memory.sequence_length(d.T)
+    if d.heldout_size < 1 or d.heldout_size % config.eval_batch_size:
+      raise ValueError(
+        f"data.heldout_size={d.heldout_size} must be a positive multiple of eval_batch_size={config.eval_batch_size}."
+      )
+    self.heldout = copy_memory.heldout_set(d.heldout_seed, d.heldout_size, d.T)
+    self.tokens_per_step = config.batch_size * self.length
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict) -> tuple[CopyMemoryTask, ml_collections.ConfigDict]:
+    """The task; model.n_token (and n_classes) 0 become the task's 10 symbols, other values must be 10."""
+    config = config.copy_and_resolve_references()
+    for field in ("n_token", "n_classes"):
+      value = config.model.get(field, None)
+      if value == 0:
+        config.model[field] = copy_memory.N_SYMBOLS
+      elif value is not None and value != copy_memory.N_SYMBOLS:
+        raise ValueError(
+          f"config.model.{field}={value}, but the copy-memory task has {copy_memory.N_SYMBOLS} symbols"
+          " (set it to 10, or 0 to take it from the task)."
+        )
+    return cls(config), config
+
+  def identity(self) -> dict:
+    d = self.config.data
+    return {"task": "copy_memory", "T": d.T, "heldout_size": d.heldout_size, "heldout_seed": d.heldout_seed}
+
+  def check_identity(self, saved: dict, step: int) -> None:
+    if saved != self.identity():
+      raise ValueError(
+        f"The checkpoint at step {step} was trained on {saved}; the config now asks for {self.identity()}."
+        " Use the same data settings, or a fresh workdir."
+      )
+
+  def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    c = self.config
+    return copy_memory.train_batch(c.seed, step, c.batch_size, self.T, rows=local_rows(c.batch_size))
+
+  def epoch(self, step: int) -> int:
+    del step
+    return 0  # an endless stream: every batch is new
+
+  def eval_set(self, final: bool) -> EvalSet:
+    """The held-out sequences, eval_batch_size at a time (validation and test read the same set)."""
+    del final
+    inputs, targets = self.heldout
+    size = self.config.eval_batch_size
+    start, stop = local_rows(size)
+
+    def batches():
+      for first in range(0, inputs.shape[0], size):
+        rows = slice(first + start, first + stop)
+        yield inputs[rows], targets[rows]
+
+    return EvalSet(batches, size, carry_memory=False)
+
+  def batch_sums(self, out, targets) -> dict:
+    """NLL of all positions, NLL of the recall positions, correct recalled digits, positions, sequences."""
+    recall = slice(-copy_memory.N_COPY, None)
+    correct = jnp.argmax(out.logits[:, recall], axis=-1) == targets[:, recall]
+    return {
+      "nll": jnp.sum(out.nll),
+      "recall_nll": jnp.sum(out.nll[:, recall]),
+      "correct": jnp.sum(correct).astype(jnp.float32),
+      "positions": jnp.asarray(targets.size, jnp.float32),
+      "sequences": jnp.asarray(targets.shape[0], jnp.float32),
+    }
+
+  def summarize(self, sums: dict, final: bool) -> dict:
+    """heldout_loss (mean over all positions), recall_loss (mean over the ten recall positions), digit_accuracy;
+    the final results add `test_loss` (= heldout_loss, the paper's Table 1 number)."""
+    recalled = sums["sequences"] * copy_memory.N_COPY
+    results = {
+      "heldout_loss": sums["nll"] / sums["positions"],
+      "recall_loss": sums["recall_nll"] / recalled,
+      "digit_accuracy": sums["correct"] / recalled,
+    }
+    return {self.result_name: results["heldout_loss"], **results} if final else results

@@ -1,0 +1,133 @@
+"""The training loop: train (resuming), validate, checkpoint, test; and evaluation of a trained workdir.
+
+Everything a step depends on is a function of (seed, step) or lives in the checkpoint, so a run
+killed at any moment and restarted ends with the same parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import time
+
+import jax
+import ml_collections
+from flax import nnx
+
+from experiments.trainer.checkpoints import Progress, checkpoint_manager, restore_checkpoint, save_checkpoint
+from experiments.trainer.metrics import MetricsWriter, StepMetrics
+from experiments.trainer.runtime import Runtime, setup, to_global
+from experiments.trainer.schedules import phase_at, uses_jac_reg
+from experiments.trainer.steps import evaluate_task, init_memory, train_step
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class SigtermFlag:
+  """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def over_budget(config, progress: Progress) -> bool:
+  """Whether the run has spent its wall-clock training budget (`train_budget_seconds`; 0: unlimited)."""
+  return 0 < config.train_budget_seconds <= progress.train_seconds
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """Trains (resuming from `workdir`), validates every eval_every_steps, returns the task's test results.
+
+  Returns None when SIGTERM stopped the run (after saving a checkpoint).
+  """
+  rt, params = setup(config)
+  c = rt.config
+  opt_state = jax.jit(rt.optimizer.init)(params)
+  memory = init_memory(rt, params, c.batch_size)
+  manager = checkpoint_manager(workdir, c.keep_checkpoints)
+  progress = Progress()
+  if manager.latest_step() is not None:
+    progress, params, opt_state, memory = restore_checkpoint(manager, rt, params, opt_state, memory)
+    print(f"Resumed from {manager.directory} at step {progress.step}.", flush=True)
+  writer = MetricsWriter(workdir, c.num_train_steps, rt.task.tokens_per_step, start_step=progress.step)
+  consecutive = 0
+  with SigtermFlag() as sigterm:
+    while progress.step < c.num_train_steps and not over_budget(c, progress):
+      phase = phase_at(c, progress.step)
+      inputs, targets = rt.task.train_batch(progress.step)
+      started = time.perf_counter()
+      x, y = (to_global(a, rt.batch_sharding, c.batch_size) for a in (inputs, targets))
+      use_jac = uses_jac_reg(c, phase, progress.step)
+      update = rt.jitted(
+        ("train", phase, use_jac), functools.partial(train_step, rt, phase, use_jac=use_jac), donate_argnums=(0, 1)
+      )
+      params, opt_state, memory, metrics = update(params, opt_state, memory, x, y, progress.step)
+      metrics = jax.device_get(metrics)
+      progress.train_seconds += time.perf_counter() - started
+      progress.step += 1
+      step = progress.step
+      consecutive = 0 if metrics["finite"] else consecutive + 1
+      progress.nonfinite_total += int(not metrics["finite"])
+      if consecutive >= c.max_nonfinite_steps:
+        raise NonFiniteError(
+          f"{consecutive} consecutive steps (up to step {step}) had a non-finite loss or gradient and were skipped;"
+          f" stopping. The last checkpoint ({manager.latest_step()}) holds the last good parameters."
+        )
+      writer.add(StepMetrics(step, phase, metrics, rt.task.epoch(step - 1), progress.nonfinite_total))
+      last = step == c.num_train_steps or over_budget(c, progress)
+      if step % c.log_every_steps == 0 or last:
+        writer.flush(step, train_seconds=progress.train_seconds)
+      if c.eval_every_steps and step % c.eval_every_steps == 0 and not last:
+        results = evaluate_task(rt, params, phase, final=False)
+        writer.scalars(step, {**results, "train_seconds": progress.train_seconds})
+      if step % c.checkpoint_every_steps == 0 or last:
+        save_checkpoint(manager, rt, progress, params, opt_state, memory)
+      if sigterm.raised:
+        if manager.latest_step() != step:
+          save_checkpoint(manager, rt, progress, params, opt_state, memory)
+        print(f"SIGTERM: saved the checkpoint at step {step} and stopped.", flush=True)
+        writer.close()
+        return None
+  results = evaluate_task(rt, params, phase_at(c, max(progress.step - 1, 0)), final=True)
+  writer.scalars(progress.step, {**results, "train_seconds": progress.train_seconds})
+  writer.close()
+  return results
+
+
+def restore_trained(config: ml_collections.ConfigDict, workdir: str) -> tuple[Runtime, nnx.State, str]:
+  """(runtime, parameters of the workdir's latest checkpoint, the phase they were trained in last)."""
+  rt, params = setup(config)
+  opt_state = jax.eval_shape(rt.optimizer.init, params)
+  opt_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rt.replicated), opt_state)
+  manager = checkpoint_manager(workdir, rt.config.keep_checkpoints)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"No checkpoint under {manager.directory}; train first (--mode=train).")
+  memory = init_memory(rt, params, rt.config.batch_size)
+  progress, params, _, _ = restore_checkpoint(manager, rt, params, opt_state, memory)
+  phase = phase_at(rt.config, max(progress.step - 1, 0))
+  print(f"Checkpoint of step {progress.step}: phase {phase!r} (that of its last training step).", flush=True)
+  return rt, params, phase
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The task's test results for the workdir's latest checkpoint (LM: eval_tgt_len, eval_mem_len apply)."""
+  rt, params, phase = restore_trained(config, workdir)
+  return evaluate_task(rt, params, phase, final=True)

@@ -1,0 +1,107 @@
+"""Training metrics: a progress line with ETA, TensorBoard event files and `metrics.jsonl` in the workdir."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass
+class StepMetrics:
+  step: int
+  phase: str
+  values: dict  # host scalars: loss, grad_norm, finite, and for DEQ steps f/b solver steps and residuals
+  epoch: int
+  nonfinite_total: int
+
+
+class MetricsWriter:
+  """Averages step metrics between flushes; only process 0 writes."""
+
+  def __init__(self, workdir: str, num_steps: int, tokens_per_step: int, start_step: int = 0):
+    self.num_steps, self.tokens_per_step = num_steps, tokens_per_step
+    self.pending: list[StepMetrics] = []
+    self.last_time, self.last_step = time.perf_counter(), start_step
+    self.main = jax.process_index() == 0
+    self.jsonl = self.tensorboard = None
+    if self.main:
+      os.makedirs(workdir, exist_ok=True)
+      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      from tensorboardX import SummaryWriter
+
+      self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def add(self, metrics: StepMetrics) -> None:
+    self.pending.append(metrics)
+
+  def flush(self, step: int, **extra) -> dict:
+    """Writes the averages since the last flush (plus `extra`), prints the progress line; returns the record."""
+    if not self.pending:
+      return {}
+    now = time.perf_counter()
+    seconds_per_step = (now - self.last_time) / max(step - self.last_step, 1)
+    finite = [m for m in self.pending if m.values["finite"]]
+    record = {"step": step, "phase": self.pending[-1].phase, "epoch": self.pending[-1].epoch}
+    keys = sorted({k for m in finite for k in m.values if k != "finite"})
+    for key in keys:
+      record[key] = float(np.mean([m.values[key] for m in finite if key in m.values]))
+    if "loss" in record:
+      record["ppl"] = math.exp(min(record["loss"], 50.0))
+    record["tokens_per_s"] = self.tokens_per_step / seconds_per_step
+    record["s_per_step"] = seconds_per_step
+    record["skipped"] = len(self.pending) - len(finite)
+    record["nonfinite_total"] = self.pending[-1].nonfinite_total
+    record.update(extra)
+    self.pending, self.last_time, self.last_step = [], now, step
+    if self.main:
+      self.jsonl.write(json.dumps(record) + "\n")
+      self.jsonl.flush()
+      for key, value in record.items():
+        if isinstance(value, float | int) and key != "step":
+          self.tensorboard.add_scalar(f"train/{key}", value, step)
+      print(_progress_line(record, self.num_steps, seconds_per_step), flush=True)
+    return record
+
+  def scalars(self, step: int, values: dict) -> None:
+    """Evaluation results (valid_ppl, test_ppl, heldout_loss, ...): JSONL, TensorBoard and one printed line."""
+    if not self.main:
+      return
+    self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+    self.jsonl.flush()
+    for key, value in values.items():
+      self.tensorboard.add_scalar(f"eval/{key}", value, step)
+    print(f"step {step}: " + ", ".join(f"{k} {v:.5g}" for k, v in values.items()), flush=True)
+
+  def close(self) -> None:
+    if self.main:
+      self.jsonl.close()
+      self.tensorboard.close()
+
+
+def _progress_line(record: dict, num_steps: int, seconds_per_step: float) -> str:
+  step = record["step"]
+  eta = max(num_steps - step, 0) * seconds_per_step
+  parts = [f"step {step}/{num_steps} [{record['phase']}]"]
+  if "loss" in record:
+    parts.append(f"loss {record['loss']:.4g} ppl {record['ppl']:.1f}")
+  if "f_steps" in record:
+    parts.append(f"solver f {record['f_steps']:.1f} steps (res {record['f_residual']:.1e})")
+    parts.append(f"b {record['b_steps']:.1f} steps (res {record['b_residual']:.1e})")
+  if "grad_norm" in record:
+    parts.append(f"|g| {record['grad_norm']:.2f}")
+  parts.append(f"{record['tokens_per_s']:.0f} tok/s")
+  if record["skipped"]:
+    parts.append(f"skipped {record['skipped']}")
+  parts.append(f"ETA {_duration(eta)}")
+  return " | ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,74 @@
+"""From an ml_collections config to a model: the one place that maps config names to classes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+from flax import nnx
+
+from deqjax.models import (
+  TCN,
+  DEQTransformerClassifier,
+  DEQTransformerClassifierConfig,
+  DEQTransformerConfig,
+  DEQTransformerLM,
+  DEQTrellisNetConfig,
+  DEQTrellisNetLM,
+  RecurrentClassifier,
+  RecurrentConfig,
+  TCNConfig,
+  TransformerXLConfig,
+  TransformerXLLM,
+)
+
+MODELS = {
+  "deq_transformer": (DEQTransformerConfig, DEQTransformerLM),
+  "transformer_xl": (TransformerXLConfig, TransformerXLLM),
+  "deq_trellisnet": (DEQTrellisNetConfig, DEQTrellisNetLM),
+  "deq_transformer_classifier": (DEQTransformerClassifierConfig, DEQTransformerClassifier),
+  "tcn": (TCNConfig, TCN),
+  "recurrent": (RecurrentConfig, RecurrentClassifier),
+}
+# "deq": solve for the equilibrium; "unrolled": the same weight-tied cell applied pretrain_depth times
+# (the weight-tied Transformer-XL and the L-layer TrellisNet baselines); "layers": ordinary networks
+# (untied stacks, TCNs, RNNs), which only train in this mode.
+EXECUTIONS = ("deq", "unrolled", "layers")
+LAYER_MODELS = ("transformer_xl", "tcn", "recurrent")
+
+
+def architecture(config: ml_collections.ConfigDict):
+  """The model's dataclass config from `config.model_name` and `config.model`; unknown fields are errors."""
+  if config.model_name not in MODELS:
+    raise ValueError(f"Unknown model_name={config.model_name!r}; expected one of {sorted(MODELS)}.")
+  config_class, _ = MODELS[config.model_name]
+  fields = dict(config.model)
+  known = {f.name for f in dataclasses.fields(config_class)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"Unknown field(s) {unknown} in config.model for {config.model_name}; known: {sorted(known)}.")
+  if "cutoffs" in fields:
+    fields["cutoffs"] = tuple(fields["cutoffs"])
+  if config.execution not in EXECUTIONS:
+    raise ValueError(f"Unknown execution={config.execution!r}; expected one of {list(EXECUTIONS)}.")
+  if (config.execution == "layers") != (config.model_name in LAYER_MODELS):
+    raise ValueError(f"execution={config.execution!r} does not fit model_name={config.model_name!r}.")
+  return config_class(**fields)
+
+
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs):
+  _, model_class = MODELS[config.model_name]
+  return model_class(architecture(config), rngs=rngs)
+
+
+def abstract_model(config: ml_collections.ConfigDict):
+  """The model with ShapeDtypeStructs for weights (nothing allocated)."""
+  return nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0)))
+
+
+def count_parameters(model) -> tuple[int, int]:
+  """(all trainable parameters, those outside the embedding and the softmax, where the model has them)."""
+  size = lambda module: sum(leaf.size for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
+  total = size(model)
+  return total, total - sum(size(getattr(model, name)) for name in ("embedding", "softmax") if hasattr(model, name))

@@ -1,0 +1,93 @@
+"""What changes with the step: the learning rate, the training phase, the Jacobian penalty's weight.
+
+A DEQ run trains in two phases: "pretrain" (the weight-tied cell unrolled `pretrain_depth`
+times, the reference's warm-up) for `pretrain_steps`, then "deq" (the equilibrium, solved).
+Runs with `execution="unrolled"` stay in "pretrain"; models without an equilibrium train in
+"layers" throughout.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from experiments.trainer.clipping import clip_relative_to_running_norm
+
+PHASES = ("pretrain", "deq", "layers")
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW with linear warmup then cosine decay to 0 at num_train_steps, after global-norm clipping
+  (fixed, then relative to the running norm when grad_clip_ratio > 0)."""
+  warmup = min(config.warmup_steps, config.num_train_steps)
+  schedule = optax.warmup_cosine_decay_schedule(
+    init_value=0.0 if warmup else config.learning_rate,
+    peak_value=config.learning_rate,
+    warmup_steps=warmup,
+    decay_steps=max(config.num_train_steps, warmup + 1),
+    end_value=0.0,
+  )
+  clips = [optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity()]
+  if config.grad_clip_ratio > 0:  # only then: checkpoints of runs without it keep their state's structure
+    clips.append(clip_relative_to_running_norm(config.grad_clip_ratio, config.grad_clip_ratio_decay))
+  return optax.chain(*clips, optax.adamw(schedule, weight_decay=config.weight_decay))
+
+
+def phase_at(config, step: int) -> str:
+  """The training phase of step `step`: "pretrain" (unrolled weight-tied cell), "deq" or "layers"."""
+  if config.execution == "layers":
+    return "layers"
+  if config.execution == "unrolled" or step < config.pretrain_steps:
+    return "pretrain"
+  return "deq"
+
+
+def final_phase(config) -> str:
+  """The phase a run is judged by: DEQ runs' solver phase (after pretraining), the others' only phase."""
+  return phase_at(config, config.pretrain_steps)
+
+
+def uses_jac_reg(config, phase: str, step: int) -> bool:
+  """Whether training step `step` (a Python int) of phase `phase` computes the Jacobian penalty.
+
+  True where its weight (`jac_reg_weight`) is positive. The training loop compiles one update per
+  value, so a run whose penalty switches off (jac_reg_after 0) stops paying for it at the switch.
+  """
+  if phase == "pretrain":
+    return config.pretrain_jac_reg > 0
+  if phase != "deq":
+    return False
+  switched = 0 < config.jac_reg_until_step <= step
+  return (config.jac_reg_after if switched else config.jac_reg) > 0
+
+
+def jac_reg_weight(config, step, phase: str = "deq") -> jax.Array:
+  """gamma at training step `step` (traced or not) of phase `phase`.
+
+  DEQ steps: jac_reg, then jac_reg_after from jac_reg_until_step on; unrolled steps: pretrain_jac_reg.
+  """
+  if phase == "pretrain":
+    return jnp.asarray(config.pretrain_jac_reg, jnp.float32)
+  if config.jac_reg_until_step <= 0:
+    return jnp.asarray(config.jac_reg, jnp.float32)
+  return jnp.where(step < config.jac_reg_until_step, config.jac_reg, config.jac_reg_after).astype(jnp.float32)
+
+
+def settle_overrides(config, step, phase: str) -> dict:
+  """Model-call options of a training step of phase `phase` at step `step` (traced or not).
+
+  Unrolled steps: `settle_iters`, K(step) = floor(pretrain_settle_iters * ramp), the ramp
+  rising linearly from 0 at pretrain_settle_from_step to 1 at pretrain_settle_until_step
+  (a step from 0 to 1 at pretrain_settle_from_step when until <= from). Otherwise none.
+  """
+  if phase == "pretrain" and config.pretrain_settle_iters > 0:
+    start, end = config.pretrain_settle_from_step, config.pretrain_settle_until_step
+    ramp = jnp.clip((step - start) / (end - start), 0.0, 1.0) if end > start else jnp.where(step >= start, 1.0, 0.0)
+    return {"settle_iters": jnp.floor(config.pretrain_settle_iters * ramp).astype(jnp.int32)}
+  return {}
+
+
+def dropout_base_key(config) -> jax.Array:
+  """The key every step's dropout and probe keys are folded from (parameters use `seed` itself)."""
+  return jax.random.key(config.seed + 1)

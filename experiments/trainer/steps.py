@@ -1,0 +1,124 @@
+"""The compiled steps: one training update, one evaluation batch, and the evaluation loop around it.
+
+Every model is called the same way (`deqjax.models.output`), so nothing here depends on which
+model or task runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+import deqjax
+from experiments.trainer.models import build_model
+from experiments.trainer.runtime import Runtime, to_global
+from experiments.trainer.schedules import dropout_base_key, jac_reg_weight, settle_overrides
+
+
+def model_forward(rt: Runtime, params, tokens, targets, memory, *, key, phase, probe=None, jac_key=None, **solver):
+  """The model's `ModelOutput` for one batch in phase `phase` (`solver`: `fixed_point` options of DEQ phases)."""
+  model = nnx.merge(rt.graphdef, params, rt.rest)
+  extra = solver if probe is None else {"backward_probe": probe, **solver}
+  return model(
+    tokens, targets, memory, dropout_key=key, dtype=rt.dtype, unrolled=phase == "pretrain", jac_key=jac_key, **extra
+  )
+
+
+def train_step(rt: Runtime, phase: str, params, opt_state, memory, tokens, targets, step, *, use_jac: bool):
+  """One update; a non-finite loss or gradient leaves parameters, optimizer state and memory unchanged.
+
+  use_jac: whether the update computes the Jacobian penalty (`uses_jac_reg` at this step); its
+  weight follows the traced `step`, so one compiled update serves a change from one positive
+  weight to another.
+  """
+  key = jax.random.fold_in(dropout_base_key(rt.config), step)
+  dropout_key, jac_key = jax.random.split(key)
+  batch = tokens.shape[0]
+  probe = deqjax.backward_probe(batch) if phase == "deq" else None
+  overrides = settle_overrides(rt.config, step, phase)
+
+  def loss_fn(params, probe):
+    out = model_forward(
+      rt, params, tokens, targets, memory, key=dropout_key, phase=phase, probe=probe,
+      jac_key=jac_key if use_jac else None, **overrides,
+    )  # fmt: skip
+    nll = jnp.mean(out.nll)
+    loss = nll + jac_reg_weight(rt.config, step, phase) * jnp.mean(out.jac_loss) if use_jac else nll
+    return loss, (nll, out)
+
+  (loss, (nll, out)), (grads, probe_bar) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(params, probe)
+  grad_norm = optax.tree_utils.tree_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt_state = rt.optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  metrics = {"loss": nll, "grad_norm": grad_norm, "finite": finite}
+  if use_jac:
+    metrics["jac_loss"] = jnp.mean(out.jac_loss)
+  if phase == "deq":
+    metrics.update(
+      f_steps=jnp.mean(out.info.nstep.astype(jnp.float32)),
+      f_residual=jnp.mean(out.info.rel_residual.astype(jnp.float32)),
+      b_steps=jnp.mean(probe_bar.nstep),
+      b_residual=jnp.mean(probe_bar.rel_residual),
+    )
+  new_memory = keep(out.memory, memory) if _same_shapes(out.memory, memory) else out.memory
+  return keep(new_params, params), keep(new_opt_state, opt_state), new_memory, metrics
+
+
+def _same_shapes(a, b) -> bool:
+  return jax.tree.structure(a) == jax.tree.structure(b) and all(
+    x.shape == y.shape for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
+
+
+def init_memory(rt: Runtime, params, batch: int):
+  """The model's empty memory for `batch` rows (length 0, or the TrellisNet's zero history), batch-sharded."""
+  memory = nnx.merge(rt.graphdef, params, rt.rest).init_memory(batch, rt.dtype)
+  return jax.device_put(memory, rt.batch_sharding)
+
+
+def eval_runtime(rt: Runtime) -> Runtime:
+  """The runtime evaluation uses: the same weights, the model rebuilt with eval_mem_len when that differs."""
+  c = rt.config
+  eval_mem_len = c.get("eval_mem_len", -1)
+  if eval_mem_len < 0 or eval_mem_len == c.model.get("mem_len", 0):
+    return rt
+  if "eval_runtime" not in rt.cache:
+    config = c.copy_and_resolve_references()
+    config.model.mem_len = eval_mem_len
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param, ...)
+    rt.cache["eval_runtime"] = dataclasses.replace(rt, config=config, graphdef=graphdef, cache={})
+  return rt.cache["eval_runtime"]
+
+
+def eval_step(rt: Runtime, phase: str, params, memory, tokens, targets, **solver):
+  """(the task's sums over one evaluation batch, the new memory); no dropout, `solver`: `fixed_point` overrides."""
+  out = model_forward(rt, params, tokens, targets, memory, key=None, phase=phase, **solver)
+  return rt.task.batch_sums(out, targets), out.memory
+
+
+def evaluate_task(rt: Runtime, params, phase: str, final: bool, eval_set=None, **solver) -> dict:
+  """The task's named results on its validation (`final` False) or test set, in phase `phase`.
+
+  `eval_set`: another `EvalSet` of the task to read instead; `solver`: `fixed_point` options
+  overriding the config's for DEQ models (e.g. max_iter=8). Sums are added up in float64 on the host.
+  """
+  eval_set = rt.task.eval_set(final) if eval_set is None else eval_set
+  eval_rt = eval_runtime(rt) if eval_set.carry_memory else rt
+  name = ("eval", phase, eval_set.carry_memory, *sorted(solver.items()))
+  step = rt.jitted(name, functools.partial(eval_step, eval_rt, phase, **solver))
+  empty = init_memory(eval_rt, params, eval_set.batch_size)
+  memory, totals = empty, {}
+  for inputs, targets in eval_set.batches():
+    x, y = (to_global(a, rt.batch_sharding, eval_set.batch_size) for a in (inputs, targets))
+    sums, new_memory = step(params, memory, x, y)
+    memory = new_memory if eval_set.carry_memory else empty
+    for key, value in jax.device_get(sums).items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  return rt.task.summarize(totals, final)

@@ -1,0 +1,128 @@
+"""deqjax._driver: the solve loop's stopping rules per sample, under vmap, with caps, NaN and divergence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import deqjax
+from deqjax import Status
+
+SOLVERS = ["broyden", "anderson", "iteration"]
+
+
+def _contractive_matrix(key, n, radius=0.6, dtype=jnp.float64):
+  a = jax.random.normal(key, (n, n), dtype)
+  return radius * a / jnp.max(jnp.abs(jnp.linalg.eigvals(a)))
+
+
+def linear(a, z, x):
+  return a @ z + x
+
+
+# ---------------------------------------------------------------------------
+# Composition: jit, vmap, grad, sequences, scan, closures
+# ---------------------------------------------------------------------------
+def test_vmap_gives_per_sample_stopping_and_matches_single_solves():
+  # Near z* ~ 0 the map contracts at rate ~ s: steps grow with s.
+  scales = jnp.array([0.1, 0.5, 0.9])
+  x = jnp.full((3, 4), 0.01)
+  f = lambda s, z, x: s * jnp.tanh(z) + x
+
+  solve = lambda s, x: deqjax.fixed_point(
+    f,
+    s,
+    x,
+    jnp.ones_like(x),
+    solver="iteration",
+    max_iter=500,
+    tol=1e-10,
+    rtol=0.0,
+    backward_max_iter=500,
+    backward_tol=1e-13,
+    backward_rtol=0.0,
+  )
+  z, info = jax.jit(jax.vmap(solve))(scales, x)
+  steps = [int(s) for s in info.nstep]
+  assert steps[0] < steps[1] < steps[2]  # slower contraction, more steps, each its own count
+  for i in range(3):
+    z_i, info_i = solve(scales[i], x[i])
+    np.testing.assert_allclose(z[i], z_i, atol=1e-12)
+    assert int(info_i.nstep) == steps[i]
+
+  grad = jax.grad(lambda s: jnp.sum(jax.vmap(solve)(s, x)[0]))(scales)
+  # d z*/ds for z = s tanh(z) + x: tanh(z*) / (1 - s sech^2(z*)), per sample.
+  zs = z[:, 0]
+  expected = 4 * jnp.tanh(zs) / (1 - scales / jnp.cosh(zs) ** 2)
+  np.testing.assert_allclose(grad, expected, rtol=1e-7)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_batch_axis_solves_each_sample_on_its_own(solver):
+  # Sample i contracts with factor s_i; the per-sample solve matches separate solves.
+  scales = jnp.array([0.05, 0.5, 0.8, 0.95])[:, None, None]
+  x = jax.random.normal(jax.random.key(12), (3, 4, 5))  # batch on axis 1
+  f = lambda s, z, x: jnp.swapaxes(s * jnp.tanh(jnp.swapaxes(z, 0, 1)), 0, 1) + x
+  kw = dict(solver=solver, max_iter=200, tol=1e-10, rtol=0.0)
+  z, info = deqjax.fixed_point(f, scales, x, batch_axis=1, **kw)
+  assert info.nstep.shape == (4,) and info.trace.shape == (4, 201)
+  assert bool(jnp.all(info.converged))
+  for i in range(4):
+    f_i = lambda s, z, x: s * jnp.tanh(z) + x
+    z_i, info_i = deqjax.fixed_point(f_i, scales[i], x[:, i], **kw)
+    np.testing.assert_allclose(z[:, i], z_i, atol=1e-9)
+    np.testing.assert_allclose(info.residual[i], info_i.residual, rtol=1e-6, atol=1e-14)
+  assert int(info.nstep[0]) < int(info.nstep[3])
+  # Entries after a sample stopped are -1; entry 0 is the initial residual.
+  for i in range(4):
+    k = int(info.nstep[i])
+    assert bool(jnp.all(info.trace[i, k + 1 :] == -1.0)) and bool(jnp.all(info.trace[i, : k + 1] >= 0))
+
+
+def test_one_failing_sample_does_not_abort_the_batch():
+  # Sample 1 produces NaN; the others converge and keep their answers.
+  x = jnp.array([[0.5], [jnp.nan], [1.0]])
+  f = lambda _, z, x: 0.5 * jnp.tanh(z) + x
+  z, info = deqjax.fixed_point(f, None, x, batch_axis=0, tol=1e-10, rtol=0.0, max_iter=50)
+  assert [int(s) for s in info.status] == [Status.CONVERGED, Status.NONFINITE, Status.CONVERGED]
+  np.testing.assert_allclose(z[0], f(None, z[0], x[0]), atol=1e-9)
+  np.testing.assert_allclose(z[2], f(None, z[2], x[2]), atol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# Reporting: step cap, NaN, divergence, backward statistics
+# ---------------------------------------------------------------------------
+def test_step_cap_is_reported_and_bounds_work():
+  a = _contractive_matrix(jax.random.key(16), 20, radius=0.99)
+  z, info = deqjax.fixed_point(linear, a, jnp.ones(20), solver="iteration", max_iter=7, tol=1e-12, rtol=0.0)
+  assert int(info.status) == Status.MAX_STEPS and not bool(info.converged)
+  assert int(info.nstep) == 7
+  assert bool(jnp.all(info.trace >= 0))
+  np.testing.assert_allclose(info.residual, jnp.linalg.norm(linear(a, z, jnp.ones(20)) - z), rtol=1e-10)
+  np.testing.assert_allclose(info.rel_residual, info.residual / jnp.linalg.norm(linear(a, z, jnp.ones(20))), rtol=1e-10)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_nan_stops_and_is_never_converged(solver):
+  # f is finite for |z| < 1.5 and NaN outside; its fixed point z* = 3 lies outside.
+  f = lambda _, z, x: jnp.where(jnp.abs(z) < 1.5, 2.0 * z + x, jnp.nan)
+  x = jnp.array([-3.0, -3.0])
+  z, info = deqjax.fixed_point(f, None, x, solver=solver, max_iter=50, tol=0.0, rtol=0.0, divergence_ratio=1e12)
+  assert int(info.status) == Status.NONFINITE
+  assert not bool(info.converged)
+  assert bool(jnp.all(z == 0.0))  # the best finite iterate (here z0) comes back
+  assert int(info.nstep) == 1
+  np.testing.assert_allclose(info.residual, jnp.linalg.norm(f(None, z, x) - z), rtol=1e-12)
+
+
+def test_nan_input_is_reported_at_once():
+  z, info = deqjax.fixed_point(lambda _, z, x: 0.5 * z + x, None, jnp.array([1.0, jnp.nan]))
+  assert int(info.status) == Status.NONFINITE and int(info.nstep) == 0 and not bool(info.converged)
+
+
+def test_divergence_is_reported():
+  f = lambda _, z, x: 3.0 * z + x
+  _, info = deqjax.fixed_point(f, None, jnp.ones(4), solver="iteration", max_iter=100, divergence_ratio=1e3)
+  assert int(info.status) == Status.DIVERGED
+  assert int(info.nstep) < 100
+  assert float(jnp.max(info.trace)) > 1e3 * float(info.trace[0])

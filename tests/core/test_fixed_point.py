@@ -1,0 +1,193 @@
+"""deqjax._fixed_point: fixed_point and root_find against closed forms, unrolled limits and finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import deqjax
+from deqjax import Status
+
+SOLVERS = ["broyden", "anderson", "iteration"]
+
+
+def _contractive_matrix(key, n, radius=0.6, dtype=jnp.float64):
+  a = jax.random.normal(key, (n, n), dtype)
+  return radius * a / jnp.max(jnp.abs(jnp.linalg.eigvals(a)))
+
+
+def linear(a, z, x):
+  return a @ z + x
+
+
+def tanh_layer(p, z, x):
+  h = z @ p["w"] + x @ p["u"]
+  return jnp.tanh(h + p["b"].reshape((1,) * (h.ndim - 1) + (-1,)))
+
+
+def tanh_params(key, width=6, scale=0.5):
+  k1, k2, k3 = jax.random.split(key, 3)
+  return {
+    "w": scale * jax.random.normal(k1, (width, width), jnp.float64) / width**0.5,
+    "u": jax.random.normal(k2, (width, width), jnp.float64) / width**0.5,
+    "b": 0.1 * jax.random.normal(k3, (width,), jnp.float64),
+  }
+
+
+def unrolled(f, params, x, z0, steps):
+  return jax.lax.fori_loop(0, steps, lambda _, z: f(params, z, x), z0)
+
+
+# ---------------------------------------------------------------------------
+# Closed forms
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_linear_fixed_point_and_gradient_match_closed_form(solver):
+  n = 8
+  a = _contractive_matrix(jax.random.key(0), n)
+  x = jax.random.normal(jax.random.key(1), (n,), jnp.float64)
+  c = jax.random.normal(jax.random.key(2), (n,), jnp.float64)
+  kw = dict(
+    solver=solver, max_iter=200, tol=1e-12, rtol=0.0, backward_max_iter=200, backward_tol=1e-12, backward_rtol=0.0
+  )
+
+  z, info = deqjax.fixed_point(linear, a, x, **kw)
+  exact = jnp.linalg.solve(jnp.eye(n) - a, x)
+  np.testing.assert_allclose(z, exact, rtol=0, atol=1e-10)
+  assert bool(info.converged) and int(info.status) == Status.CONVERGED
+  assert float(info.residual) < 1e-12
+  np.testing.assert_allclose(info.residual, jnp.linalg.norm(linear(a, z, x) - z), rtol=1e-6, atol=1e-15)
+
+  loss = lambda a, x: c @ deqjax.fixed_point(linear, a, x, **kw)[0]
+  exact_loss = lambda a, x: c @ jnp.linalg.solve(jnp.eye(n) - a, x)
+  grads = jax.grad(loss, argnums=(0, 1))(a, x)
+  expected = jax.grad(exact_loss, argnums=(0, 1))(a, x)
+  for got, want in zip(grads, expected, strict=True):
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# Nonlinear layers: unrolled limit and finite differences (float64)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_tanh_layer_gradient_matches_unrolled_limit_and_finite_differences(solver):
+  params = tanh_params(jax.random.key(4))
+  x = jax.random.normal(jax.random.key(5), (3, 6), jnp.float64)
+  c = jax.random.normal(jax.random.key(6), (3, 6), jnp.float64)
+  kw = dict(
+    solver=solver, max_iter=100, tol=1e-12, rtol=0.0, backward_max_iter=100, backward_tol=1e-12, backward_rtol=0.0
+  )
+
+  def loss(params, x):
+    z, _ = deqjax.fixed_point(tanh_layer, params, x, **kw)
+    return jnp.sum(c * z) + jnp.sum(z**2)
+
+  def loss_unrolled(params, x):
+    z = unrolled(tanh_layer, params, x, jnp.zeros_like(x), 200)
+    return jnp.sum(c * z) + jnp.sum(z**2)
+
+  np.testing.assert_allclose(loss(params, x), loss_unrolled(params, x), rtol=1e-11)
+  g_params, g_x = jax.grad(loss, argnums=(0, 1))(params, x)
+  u_params, u_x = jax.grad(loss_unrolled, argnums=(0, 1))(params, x)
+  for got, want in zip(jax.tree.leaves((g_params, g_x)), jax.tree.leaves((u_params, u_x)), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+
+  # Central finite differences along a random direction of every input.
+  direction = jax.tree.map(lambda a: jax.random.normal(jax.random.key(7), a.shape, a.dtype), (params, x))
+  eps = 1e-6
+  plus = jax.tree.map(lambda a, d: a + eps * d, (params, x), direction)
+  minus = jax.tree.map(lambda a, d: a - eps * d, (params, x), direction)
+  fd = (loss(*plus) - loss(*minus)) / (2 * eps)
+  analytic = sum(
+    jnp.vdot(g, d) for g, d in zip(jax.tree.leaves((g_params, g_x)), jax.tree.leaves(direction), strict=True)
+  )
+  np.testing.assert_allclose(analytic, fd, rtol=1e-6)
+
+
+def test_state_different_from_input_needs_z0():
+  # x has 3 features, the state 5: z0 sets the state's shape.
+  w = 0.4 * jax.random.normal(jax.random.key(9), (5, 5)) / 5**0.5
+  proj = jax.random.normal(jax.random.key(10), (3, 5))
+  x = jax.random.normal(jax.random.key(11), (3,))
+  f = lambda p, z, x: jnp.tanh(z @ p[0] + x @ p[1])
+  z, info = deqjax.fixed_point(f, (w, proj), x, jnp.zeros(5), tol=1e-12, rtol=0.0, max_iter=60)
+  assert z.shape == (5,) and bool(info.converged)
+  np.testing.assert_allclose(z, f((w, proj), z, x), atol=1e-11)
+
+
+def test_two_fixed_points_in_sequence_and_inside_scan():
+  p1, p2 = tanh_params(jax.random.key(13)), tanh_params(jax.random.key(14))
+  xs = jax.random.normal(jax.random.key(15), (4, 2, 6))
+  kw = dict(max_iter=80, tol=1e-12, rtol=0.0, backward_max_iter=80, backward_tol=1e-12, backward_rtol=0.0)
+
+  def model(p1, p2, xs, solve):
+    def step(carry, x):
+      z1 = solve(p1, x + carry)
+      z2 = solve(p2, z1)
+      return z2, jnp.sum(z2**2)
+
+    _, out = jax.lax.scan(step, jnp.zeros((2, 6)), xs)
+    return jnp.sum(out)
+
+  implicit = lambda p, x: deqjax.fixed_point(tanh_layer, p, x, **kw)[0]
+  reference = lambda p, x: unrolled(tanh_layer, p, x, jnp.zeros_like(x), 200)
+  np.testing.assert_allclose(model(p1, p2, xs, implicit), model(p1, p2, xs, reference), rtol=1e-11)
+  got = jax.jit(jax.grad(lambda a, b, x: model(a, b, x, implicit), argnums=(0, 1, 2)))(p1, p2, xs)
+  want = jax.grad(lambda a, b, x: model(a, b, x, reference), argnums=(0, 1, 2))(p1, p2, xs)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-7, atol=1e-10)
+
+
+def test_closed_over_values_are_differentiated():
+  # f closes over `scale`, a traced value under grad; its gradient must flow.
+  x = jnp.array([0.3, -0.2, 0.9])
+
+  def loss(scale):
+    f = lambda _, z, x: scale * jnp.tanh(z) + x
+    return jnp.sum(deqjax.fixed_point(f, None, x, tol=1e-12, rtol=0.0, backward_tol=1e-12, backward_rtol=0.0)[0])
+
+  def loss_ref(scale):
+    return jnp.sum(unrolled(lambda _, z, x: scale * jnp.tanh(z) + x, None, x, jnp.zeros(3), 300))
+
+  np.testing.assert_allclose(jax.jit(jax.grad(loss))(0.4), jax.grad(loss_ref)(0.4), rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# Phantom backward
+# ---------------------------------------------------------------------------
+def test_phantom_one_step_is_the_jacobian_free_gradient():
+  params = tanh_params(jax.random.key(19))
+  x = jax.random.normal(jax.random.key(20), (2, 6))
+  c = jax.random.normal(jax.random.key(21), (2, 6))
+  kw = dict(max_iter=100, tol=1e-12, rtol=0.0)
+  loss = lambda p, x: jnp.sum(c * deqjax.fixed_point(tanh_layer, p, x, backward="phantom", **kw)[0])
+  got = jax.grad(loss, argnums=(0, 1))(params, x)
+  z_star, _ = deqjax.fixed_point(tanh_layer, params, x, **kw)
+  _, vjp = jax.vjp(lambda p, x: tanh_layer(p, z_star, x), params, x)
+  want = vjp(c)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
+
+
+def test_phantom_with_many_steps_approaches_the_implicit_gradient():
+  params = tanh_params(jax.random.key(22))
+  x = jax.random.normal(jax.random.key(23), (2, 6))
+  kw = dict(max_iter=100, tol=1e-12, rtol=0.0, backward_tol=1e-12, backward_rtol=0.0)
+  loss = lambda p, **o: jnp.sum(jnp.sin(deqjax.fixed_point(tanh_layer, p, x, **kw, **o)[0]))
+  implicit = jax.grad(loss)(params)
+  few = jax.grad(lambda p: loss(p, backward="phantom", phantom_steps=2, phantom_damping=0.8))(params)
+  many = jax.grad(lambda p: loss(p, backward="phantom", phantom_steps=60, phantom_damping=0.8))(params)
+  err = lambda g: max(
+    float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(implicit), strict=True)
+  )
+  assert err(many) < 1e-8 < err(few)
+
+
+def test_root_find_cube_root():
+  # g(z) = (2 - z^3) / 3 has dg/dz = -z^2 ~ -I near the root 2^(1/3).
+  z, info = deqjax.root_find(lambda z: (2.0 - z**3) / 3.0, jnp.ones((3,)), tol=1e-12, rtol=0.0)
+  assert bool(info.converged) and int(info.status) == Status.CONVERGED
+  np.testing.assert_allclose(z, 2.0 ** (1 / 3), rtol=1e-12)
+  np.testing.assert_allclose(info.rel_residual, info.residual / jnp.linalg.norm(z + (2.0 - z**3) / 3.0), rtol=1e-9)
+  with pytest.raises(ValueError, match="g\\(z\\) returned shape"):
+    deqjax.root_find(lambda z: z[:1], jnp.ones((3,)))

@@ -1,0 +1,246 @@
+"""The copy-memory task: generator format and determinism, the memoryless loss, the models, smoke runs."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from deqjax.data import copy_memory
+from deqjax.models import TCN, DEQTransformerClassifierConfig, RecurrentClassifier, RecurrentConfig, TCNConfig
+from deqjax.models.sequence import classifier_output
+from deqjax.nn.weight_norm import causal_conv
+from experiments import trainer
+from experiments.analysis.runs import load_config
+from experiments.trainer.models import abstract_model, build_model, count_parameters
+
+ROWS = ("deq_transformer", "tcn", "lstm", "gru")
+F64 = jnp.float64
+
+
+def load(row):
+  return load_config("copy_memory", row)
+
+
+@pytest.mark.parametrize("T", [1, 5, 400])
+def test_sequences_have_the_task_layout(T):
+  inputs, targets = copy_memory.train_batch(seed=3, step=7, batch=64, T=T)
+  assert inputs.shape == targets.shape == (64, T + 20) and inputs.dtype == np.int32
+  digits = inputs[:, :10]
+  assert digits.min() >= 1 and digits.max() <= 8
+  assert np.all(inputs[:, 10 : T + 9] == 0)  # T - 1 blanks
+  assert np.all(inputs[:, T + 9] == 9)  # the delimiter
+  assert np.all(inputs[:, T + 10 :] == 0)  # 10 blanks while recalling
+  assert np.all(targets[:, : T + 10] == 0)
+  np.testing.assert_array_equal(targets[:, T + 10 :], digits)
+  # Over 64 x 10 draws every digit 1..8 appears (probability of a miss < 1e-35).
+  assert set(np.unique(digits)) == set(range(1, 9))
+
+
+def test_batches_are_a_function_of_seed_and_step():
+  a = copy_memory.train_batch(0, 5, 16, 30)
+  np.testing.assert_array_equal(a[0], copy_memory.train_batch(0, 5, 16, 30)[0])
+  assert not np.array_equal(a[0], copy_memory.train_batch(0, 6, 16, 30)[0])
+  assert not np.array_equal(a[0], copy_memory.train_batch(1, 5, 16, 30)[0])
+  rows = copy_memory.train_batch(0, 5, 16, 30, rows=(4, 12))
+  np.testing.assert_array_equal(rows[0], a[0][4:12])  # a process's rows of the same global batch
+  held = copy_memory.heldout_set(0, 16, 30)
+  np.testing.assert_array_equal(held[0], copy_memory.heldout_set(0, 16, 30)[0])
+  assert not np.array_equal(held[0], a[0])
+
+
+def test_memoryless_loss_is_that_of_the_uniform_digit_guess():
+  T = 400
+  inputs, targets = copy_memory.heldout_set(0, 50, T)
+  # Certain blanks where the target is a blank; a uniform guess over 1..8 at the ten recall positions.
+  probs = np.zeros((50, T + 20, 10))
+  probs[:, : T + 10, 0] = 1.0
+  probs[:, T + 10 :, 1:9] = 1.0 / 8
+  logits = jnp.log(jnp.asarray(probs, F64))
+  loss = float(jnp.mean(classifier_output(logits, jnp.asarray(targets)).nll))
+  assert loss == pytest.approx(10 * math.log(8) / 420, rel=1e-12)
+  assert copy_memory.memoryless_loss(T) == pytest.approx(loss, rel=1e-12)
+  assert round(loss, 4) == 0.0495  # the issue's figure
+
+
+def test_generator_rejects_bad_arguments():
+  with pytest.raises(ValueError, match="T must be an int >= 1"):
+    copy_memory.train_batch(0, 0, 4, 0)
+  with pytest.raises(ValueError, match="step must be an int >= 0"):
+    copy_memory.train_batch(0, -1, 4, 10)
+  with pytest.raises(ValueError, match="batch must be an int >= 1"):
+    copy_memory.heldout_set(0, 0, 10)
+
+
+def test_parameter_counts_match_their_closed_forms():
+  counts = {row: count_parameters(abstract_model(load(row)))[0] for row in ROWS}
+  # LSTM and GRU: per gate W_i [10, h] + W_h [h, h] + b [h] (4 gates, 3 gates); head h x 10 + 10.
+  lstm, gru = load("lstm").model.hidden, load("gru").model.hidden
+  assert counts["lstm"] == 4 * (10 * lstm + lstm * lstm + lstm) + 10 * lstm + 10 == 14_108
+  assert counts["gru"] == 3 * (10 * gru + gru * gru + gru) + 10 * gru + 10 == 14_208
+  # TCN: per convolution v [k, d_in, d_out] + g + bias [d_out]; a 1x1 residual where widths differ; head.
+  c = load("tcn").model
+  ch, k = c.channels, c.kernel
+  conv = lambda d_in: k * d_in * ch + 2 * ch
+  tcn = conv(10) + conv(ch) + (10 * ch + ch) + (c.levels - 1) * 2 * conv(ch) + ch * 10 + 10
+  assert counts["tcn"] == tcn == 15_993
+  assert TCNConfig(n_token=10, channels=ch, levels=c.levels, kernel=k).receptive_field == 3571 >= 420
+  # DEQ-Transformer: embedding, injection, the cell (weight-normalised qkv, r, o, ff1, ff2 and two biases), head.
+  m = load("deq_transformer").model
+  d, f = m.d_model, m.d_inner
+  cell = (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * d + 2 * d) + (d * f + 2 * f) + (f * d + 2 * d)
+  assert counts["deq_transformer"] == 10 * d + (3 * d * d + 3 * d) + cell + (10 * d + 10) == 14_010
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_models_are_causal(row):
+  """Changing input 15 leaves the logits of positions < 15 unchanged (the DEQ: to its 1e-12 residual)."""
+  model = build_model(load(row), nnx.Rngs(0))
+  solve = dict(tol=1e-12, rtol=0.0, max_iter=300) if row == "deq_transformer" else {}
+  inputs, targets = (jnp.asarray(a) for a in copy_memory.train_batch(0, 0, 2, 12))
+  changed = inputs.at[:, 15].set(9 - inputs[:, 15])
+  outs = [model(x, targets, None, dtype=F64, **solve) for x in (inputs, changed)]
+  if row == "deq_transformer":
+    assert all(int(s) == 0 for out in outs for s in out.info.status)  # converged (in ~185 steps at init)
+  a, b = (out.logits for out in outs)
+  np.testing.assert_allclose(a[:, :15], b[:, :15], atol=1e-9, rtol=0)
+  assert float(jnp.max(jnp.abs(a[:, 15:] - b[:, 15:]))) > 1e-4
+
+
+def test_dilated_causal_conv_matches_its_definition():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 3), F64)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 4), F64)
+  weights = {"kernel": kernel, "bias": jnp.arange(4.0, dtype=F64)}
+  y = causal_conv(weights, x, jnp.zeros((2, 4, 3), F64), dilation=2)
+  padded = np.concatenate([np.zeros((2, 4, 3)), np.asarray(x)], axis=1)
+  expected = sum(padded[:, 2 * j : 2 * j + 9] @ np.asarray(kernel[j]) for j in range(3)) + np.arange(4.0)
+  np.testing.assert_allclose(y, expected, rtol=1e-12)
+  with pytest.raises(ValueError, match="history has 2 positions; a 3-tap convolution with dilation 2 needs 4"):
+    causal_conv(weights, x, jnp.zeros((2, 2, 3), F64), dilation=2)
+
+
+def test_bad_model_configs_fail_clearly():
+  with pytest.raises(ValueError, match="unknown cell='rnn'"):
+    RecurrentConfig(cell="rnn", n_token=10, hidden=8)
+  with pytest.raises(ValueError, match="levels must be an int >= 1"):
+    TCNConfig(n_token=10, channels=4, levels=0, kernel=2)
+  with pytest.raises(ValueError, match="d_model=30 is not divisible by n_head=4"):
+    DEQTransformerClassifierConfig(n_token=10, d_model=30, n_head=4, d_inner=8)
+  model = RecurrentClassifier(RecurrentConfig(cell="gru", n_token=10, hidden=4), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"targets \(2, 5\) must match the logits' leading axes \(2, 6\)"):
+    model(jnp.zeros((2, 6), jnp.int32), jnp.zeros((2, 5), jnp.int32))
+  with pytest.raises(TypeError, match="tokens must be an integer array"):
+    TCN(TCNConfig(n_token=10, channels=4, levels=1, kernel=2), rngs=nnx.Rngs(0))(jnp.zeros((2, 6)), None)
+
+
+SMOKE = dict(batch_size=8, eval_batch_size=8, num_train_steps=6, log_every_steps=3, eval_every_steps=3)
+
+
+def smoke_config(row, **overrides):
+  config = load(row)
+  config.update({**SMOKE, **overrides})
+  config.data.update(T=20, heldout_size=16)
+  if row == "deq_transformer":
+    config.pretrain_steps = 3  # both training phases
+    config.model.update(max_iter=6, backward_max_iter=6)
+  return config
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_each_config_trains_a_few_steps(row, tmp_path):
+  result = trainer.train_and_evaluate(smoke_config(row), str(tmp_path))["test_loss"]
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  train_records = [r for r in records if "loss" in r]
+  assert len(train_records) == 2 and all(np.isfinite(r["loss"]) for r in train_records)
+  held = [r for r in records if "heldout_loss" in r]
+  assert len(held) == 1 and 0 <= held[0]["digit_accuracy"] <= 1
+  assert records[-1]["test_loss"] == result and 0 < result < math.log(10) + 0.5
+  if row == "deq_transformer":
+    assert train_records[0]["phase"] == "pretrain" and train_records[1]["phase"] == "deq"
+    assert train_records[1]["f_steps"] >= 1 and train_records[1]["b_steps"] >= 1
+  # Resuming a finished run on other data is refused.
+  changed = smoke_config(row)
+  changed.data.T = 21
+  with pytest.raises(ValueError, match="was trained on .*'T': 20"):
+    trainer.evaluate(changed, str(tmp_path))
+
+
+def test_main_prints_the_test_loss_and_rejects_a_wrong_vocabulary(tmp_path):
+  flags = [f"--config.{k}={v}" for k, v in SMOKE.items()] + ["--config.data.T=20", "--config.data.heldout_size=16"]
+  command = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/copy_memory/tcn.py"]
+  out = subprocess.run([*command, f"--workdir={tmp_path}", *flags], capture_output=True, text=True, check=True).stdout
+  name, value = out.strip().splitlines()[-1].split("=")
+  assert name == "test_loss" and 0 < float(value) < 10  # a plain float, not a numpy repr
+  bad = subprocess.run(
+    [*command, f"--workdir={tmp_path / 'b'}", *flags, "--config.model.n_token=12"], capture_output=True, text=True
+  )
+  assert bad.returncode == 1 and "config.model.n_token=12, but the copy-memory task has 10 symbols" in bad.stderr
+
+
+def write_run(workdir, evals, test_loss):
+  """A copy-memory metrics.jsonl: DEQ training records and held-out evaluations at (step, loss, seconds)."""
+  lines = [
+    {"step": s, "loss": loss, "phase": "deq", "f_steps": 9.0, "b_steps": 7.0, "f_residual": 1e-3}
+    for s, loss, _ in evals
+  ]
+  lines += [{"step": s, "heldout_loss": loss, "digit_accuracy": 1.0, "train_seconds": t} for s, loss, t in evals]
+  if test_loss is not None:
+    lines.append({"step": evals[-1][0], "test_loss": test_loss, "train_seconds": evals[-1][2]})
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.write("\n".join(json.dumps(line) for line in lines))
+
+
+def test_table_reports_when_the_target_was_first_reached(tmp_path):
+  from experiments.analysis import copy_memory_table
+
+  write_run(
+    tmp_path / "copy_memory" / "deq_transformer", [(250, 0.05, 600.0), (500, 5e-5, 1200.0), (750, 2e-5, 1800.0)], 2e-5
+  )
+  summary = copy_memory_table.row_summary(
+    copy_memory_table.read_run(str(tmp_path / "copy_memory" / "deq_transformer")), 1e-4
+  )
+  assert summary["reached"] == (500, 1200.0 / 3600) and summary["loss"] == 2e-5 and summary["finished"]
+  assert (
+    copy_memory_table.row_summary(copy_memory_table.read_run(str(tmp_path / "copy_memory" / "deq_transformer")), 1e-5)[
+      "reached"
+    ]
+    is None
+  )
+  assert copy_memory_table.read_run(str(tmp_path / "copy_memory" / "tcn")) is None
+
+
+def test_table_lists_other_seeds_under_their_row(tmp_path):
+  from experiments.analysis import copy_memory_table
+
+  write_run(tmp_path / "copy_memory" / "deq_transformer", [(250, 0.05, 600.0), (500, 5e-5, 1200.0)], 5e-5)
+  write_run(
+    tmp_path / "copy_memory" / "deq_transformer_seed3", [(250, 0.04, 700.0), (500, 2e-4, 1400.0)], None
+  )  # still running
+  write_run(tmp_path / "copy_memory" / "deq_transformer_seed12", [(250, 0.05, 650.0), (500, 8e-5, 1300.0)], 8e-5)
+  write_run(tmp_path / "copy_memory" / "deq_transformer_seedx", [(250, 0.05, 650.0)], None)  # not a seed: ignored
+  write_run(tmp_path / "copy_memory" / "tcn_seed1", [(250, 0.05, 650.0)], None)  # another row's
+  assert copy_memory_table.seed_workdirs(str(tmp_path), "deq_transformer") == [
+    (3, str(tmp_path / "copy_memory" / "deq_transformer_seed3")),
+    (12, str(tmp_path / "copy_memory" / "deq_transformer_seed12")),
+  ]
+  png = tmp_path / "table.png"
+  command = [sys.executable, "-m", "experiments.analysis.copy_memory_table", f"--root={tmp_path}", f"--png={png}"]
+  out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+  rows = [line for line in out.splitlines() if line.startswith("| DEQ-Transformer")]
+  assert [row.split(" | ")[0] for row in rows] == [
+    "| DEQ-Transformer",
+    "| DEQ-Transformer, seed 3",
+    "| DEQ-Transformer, seed 12",
+  ]
+  assert "| 5e-05 | 3.5e-06 | 500 | 0.33 | 100.0% | step 500, 0.33 h |" in rows[0]
+  assert "| 0.0002 (running) | 3.5e-06 | 500 | 0.39 | 100.0% | not reached |" in rows[1]
+  assert "| 8e-05 | 3.5e-06 | 500 | 0.36 | 100.0% | step 500, 0.36 h |" in rows[2]
+  assert "| TCN, seed 1 |" in out and "| LSTM | 14,108 (14K) | not run |" in out
+  assert png.stat().st_size > 10_000

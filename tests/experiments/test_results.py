@@ -1,0 +1,83 @@
+"""The WikiText-2 comparison: its configs (equal parameters, the sample's vocabulary) and the table's summary."""
+
+import json
+import math
+import os
+
+import pytest
+
+from deqjax.data.wikitext import build_vocab
+from experiments.analysis import wikitext2_table as results_table
+from experiments.analysis.runs import load_config, workdir
+from experiments.configs.wikitext2 import common as wt2
+from experiments.trainer.models import abstract_model, count_parameters
+
+
+def load(row):
+  return load_config("wikitext2", row)
+
+
+def test_the_vocabulary_is_that_of_the_training_text():
+  # Training text: the WikiText-2 validation file; its types plus <unk> (already in the file) and <eos>.
+  with open(os.path.join(wt2.SAMPLE_DIR, "wiki.valid.tokens"), encoding="utf-8") as lines:
+    assert len(build_vocab(lines)) == wt2.N_TOKEN == 13_777
+
+
+def test_rows_compared_have_equal_non_embedding_parameters():
+  counts = {row: count_parameters(abstract_model(load(row))) for row in results_table.ROWS}
+  assert counts["deq_transformer"] == counts["transformer_xl_tied"] == (962_385, 66_880)  # one cell, tied
+  untied = counts["transformer_xl_untied"][1]
+  assert abs(untied / 66_880 - 1) < 0.002  # 4 narrower layers: 66,816
+  assert counts["deq_trellisnet"] == counts["trellisnet"] == (554_481, 99_840)
+  for row in results_table.ROWS:  # every row trains against the same wall-clock budget
+    config = load(row)
+    assert config.train_budget_seconds == wt2.TRAIN_BUDGET_SECONDS
+    assert config.data.name == "wikitext2_sample" and config.model.n_token == wt2.N_TOKEN
+
+
+def _write_run(workdir, records):
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_summary_reads_the_main_phase_and_the_test_result(tmp_path):
+  config = load("deq_transformer")
+  train = [
+    {"step": 25, "mode": "pretrain", "loss": 7.0, "s_per_step": 0.1},
+    {"step": 50, "mode": "deq", "loss": 6.5, "s_per_step": 0.3, "f_steps": 12.0},
+    {"step": 75, "mode": "deq", "loss": 6.0, "s_per_step": 0.2, "f_steps": 13.0},
+    {"step": 100, "mode": "deq", "loss": 5.9, "s_per_step": 0.9, "f_steps": 14.0},  # an evaluation in between
+  ]
+  evals = [{"step": 100, "valid_ppl": 410.0, "train_seconds": 31.0}]
+  test = {"step": 100, "test_ppl": 400.5, "train_seconds": 31.0}
+  # Logs written before the training phase's name changed say "mode": read the same.
+  _write_run(workdir(tmp_path, "wikitext2", "deq_transformer"), [*train, *evals, test])
+  summary = results_table.summarize(config, results_table.read_run(workdir(tmp_path, "wikitext2", "deq_transformer")))
+  assert summary["test_ppl"] == 400.5 and summary["valid_ppl"] == 410.0
+  assert (summary["steps"], summary["seconds"]) == (100, 31.0)
+  assert summary["s_per_step"] == pytest.approx(0.3)  # the median of the DEQ phase's records only
+  assert summary["tokens_per_s"] == pytest.approx(16 * 32 / 0.3)
+  # A run still going: no test record yet, the last validation is reported instead.
+  trellisnet = workdir(tmp_path, "wikitext2", "trellisnet")
+  _write_run(trellisnet, [{"step": 25, "phase": "pretrain", "loss": 7.0, "s_per_step": 0.2}])
+  running = results_table.summarize(load("trellisnet"), results_table.read_run(trellisnet))
+  assert running["test_ppl"] is None and running["steps"] == 25 and running["s_per_step"] == 0.2
+  assert results_table.read_run(workdir(tmp_path, "wikitext2", "missing")) is None
+  assert math.isclose(running["tokens_per_s"], 512 / 0.2)
+
+
+def test_training_plot_is_written_at_its_size(tmp_path):
+  records = [
+    {"step": 50, "phase": "deq", "loss": 6.5, "s_per_step": 0.3, "f_steps": 7.0, "b_steps": 6.0}
+    | {"f_residual": 6e-4, "b_residual": 5e-4},
+    {"step": 100, "valid_ppl": 410.0, "train_seconds": 31.0},
+  ]
+  run = workdir(tmp_path, "wikitext2", "deq_transformer")
+  _write_run(run, records)
+  path = tmp_path / "new_folder" / "training.png"  # the folder is made
+  results_table.plot({"deq_transformer": results_table.read_run(run)}, str(path))
+  header = path.read_bytes()[:24]
+  assert header[:8] == b"\x89PNG\r\n\x1a\n"
+  width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+  assert (width, height) == (13 * 80, round(3.6 * 80))  # figsize x 80 dpi: small enough for the repository

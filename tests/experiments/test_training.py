@@ -1,0 +1,408 @@
+"""End-to-end training on the bundled WikiText-2 sample: learning, exact resume, devices, bad inputs."""
+
+import contextlib
+import functools
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from absl import flags
+from ml_collections import config_flags
+from paths import REPO
+from tiny_training import TINY, TINY_MODEL, tiny_config, tiny_text
+
+from deqjax.data import OrderedLMStream
+from experiments import trainer
+from experiments.tasks.wikitext import load_data
+from experiments.trainer import loop, schedules, steps
+
+DEFAULT_CONFIG = os.path.join(REPO, "experiments", "configs", "default.py")
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+# One run of the tiny config, shared by the tests that inspect it (a worker of its own: xdist_group).
+SHARED_RUN = dict(
+  num_train_steps=50, pretrain_steps=20, log_every_steps=10, eval_every_steps=0,
+  jac_reg=0.5, jac_reg_until_step=40, jac_reg_after=0.0,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tfds_dir, tmp_path_factory):
+  """(config, workdir, test_ppl, printed output) of the shared run."""
+  workdir = tmp_path_factory.mktemp("trained")
+  config = tiny_config(tfds_dir, **SHARED_RUN)
+  stdout = io.StringIO()
+  with contextlib.redirect_stdout(stdout):
+    test_ppl = trainer.train_and_evaluate(config, str(workdir))["test_ppl"]
+  return config, workdir, test_ppl, stdout.getvalue()
+
+
+@pytest.mark.xdist_group("trained")
+def test_training_lowers_the_loss(trained):
+  config, workdir, test_ppl, printed = trained
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  losses = [r["loss"] for r in records if "loss" in r]
+  assert len(losses) == 5
+  assert losses[-1] < losses[0] - 1.0  # ln(13,777) = 9.53 at the start
+  assert test_ppl < np.exp(losses[0])
+  assert "f_steps" in records[-2] and "b_steps" in records[-2]  # DEQ steps report both solves
+  assert records[-1]["test_ppl"] == test_ppl
+  assert os.path.isdir(workdir / "tensorboard") and os.listdir(workdir / "tensorboard")
+  assert "step 50/50 [deq]" in printed
+
+
+@pytest.mark.xdist_group("trained")
+def test_switched_off_jacobian_penalty_is_not_computed(trained):
+  # Unrolled steps (1-20) have no penalty (pretrain_jac_reg 0); DEQ steps 21-40 carry it; from
+  # jac_reg_until_step = 40 on its weight is 0 and the loop's update (compiled for that phase)
+  # no longer computes it. Each record averages the 10 steps before it.
+  _, workdir, _, _ = trained
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  jac = {r["step"]: r.get("jac_loss") for r in records if "loss" in r}
+  assert sorted(jac) == [10, 20, 30, 40, 50]
+  assert jac[10] is None and jac[20] is None and jac[30] > 0 and jac[40] > 0 and jac[50] is None
+
+
+@pytest.mark.xdist_group("trained")
+def test_evaluation_of_the_trained_workdir(trained):
+  # --mode=eval on the latest checkpoint reproduces the run's test perplexity exactly; a longer
+  # evaluation memory changes it (the model sees more context).
+  config, workdir, test_ppl, _ = trained
+  config = config.copy_and_resolve_references()
+  assert trainer.evaluate(config, str(workdir)) == {"test_ppl": test_ppl}
+  config.eval_mem_len = 48
+  longer = trainer.evaluate(config, str(workdir))["test_ppl"]
+  assert longer != test_ppl and abs(np.log(longer / test_ppl)) < 0.2
+  _check_solver_overrides_at_evaluation(config, workdir, test_ppl)
+
+
+def _check_solver_overrides_at_evaluation(config, workdir, test_ppl):
+  from experiments.analysis import solver_analysis
+
+  config.eval_mem_len = -1
+  rt, params, phase = trainer.restore_trained(config, str(workdir))
+  assert phase == "deq"
+  # The config's own cap passed as an override is the same evaluation; a cap of 1 step is a different one.
+  test = lambda **solver: trainer.evaluate_task(rt, params, phase, final=True, **solver)["test_ppl"]
+  assert test(max_iter=config.model.max_iter) == test_ppl
+  assert test(max_iter=1) != test_ppl
+  assert solver_analysis.ppl_against_cap(rt, params, phase, [config.model.max_iter], 0) == [test_ppl]
+  curves = solver_analysis.residual_curves(rt, params, phase, iters=6, warm_segments=1)
+  for name, curve in curves.items():
+    assert curve.shape == (7,) and curve[0] == 1.0, name  # relative to the initial residual
+  assert curves["Broyden"][-1] < 0.5  # six quasi-Newton steps at least halve the residual
+
+
+def test_wall_clock_budget_stops_training_then_tests(tfds_dir, tmp_path):
+  # Any positive budget below one step's time: the run stops after its first step, saves, and tests.
+  config = tiny_config(tfds_dir, num_train_steps=50, pretrain_steps=0, train_budget_seconds=1e-6, eval_every_steps=0)
+  test_ppl = trainer.train_and_evaluate(config, str(tmp_path))["test_ppl"]
+  assert ocp.CheckpointManager(str(tmp_path / "checkpoints")).latest_step() == 1
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [1, 1]  # the flushed step, then the test result
+  assert records[-1]["test_ppl"] == test_ppl and records[-1]["train_seconds"] > 0
+  assert trainer.train_and_evaluate(config, str(tmp_path))["test_ppl"] == test_ppl  # resuming: nothing left to train
+  with pytest.raises(ValueError, match="train_budget_seconds must be >= 0"):
+    trainer.setup(tiny_config(tfds_dir, train_budget_seconds=-1.0))
+
+
+def _run_main(workdir, tfds_dir, *extra):
+  overrides = [f"--config.{k}={v}" for k, v in TINY.items()] + [
+    f"--config.model.{k}={v}" for k, v in TINY_MODEL.items()
+  ]
+  command = [sys.executable, "-m", "experiments.main", f"--config={DEFAULT_CONFIG}", f"--workdir={workdir}"]
+  command += overrides + [
+    f"--config.data.data_dir={tfds_dir}",
+    f"--config.data.manual_dir={tiny_text(tfds_dir)}",
+    "--config.num_train_steps=12",
+    "--config.pretrain_steps=4",
+    "--config.checkpoint_every_steps=3",
+    "--config.eval_every_steps=0",
+    *extra,
+  ]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _final_params(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  state = manager.restore(12, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  return jax.tree.leaves(state["params"]), jax.tree.leaves(state["opt_state"])
+
+
+def test_sigkill_and_resume_is_bitwise_identical(tfds_dir, tmp_path):
+  load_data(tiny_config(tfds_dir))  # prepare the dataset once, outside the timed runs
+  straight = _run_main(tmp_path / "straight", tfds_dir)
+  out, _ = straight.communicate(timeout=300)
+  assert straight.returncode == 0, out
+  name, value = out.strip().splitlines()[-1].split("=")
+  assert name == "test_ppl" and float(value) > 1  # a plain float, not a numpy repr
+
+  killed = _run_main(tmp_path / "killed", tfds_dir)
+  checkpoints = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 240
+  while not (checkpoints.is_dir() and any(p.name == "6" for p in checkpoints.iterdir())):
+    assert killed.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+    time.sleep(0.05)
+  killed.send_signal(signal.SIGKILL)  # mid-run: after the checkpoint at step 6, before step 12
+  killed.communicate()
+  resumed = _run_main(tmp_path / "killed", tfds_dir)
+  out_resumed, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out_resumed
+  assert "Resumed from" in out_resumed
+  assert out_resumed.strip().splitlines()[-1] == out.strip().splitlines()[-1]  # the same test_ppl, exactly
+  for a, b in zip(*(_final_params(tmp_path / run) for run in ("straight", "killed")), strict=True):
+    for x, y in zip(a, b, strict=True):
+      np.testing.assert_array_equal(x, y)
+
+
+def test_sigterm_saves_and_exits_cleanly(tfds_dir, tmp_path):
+  run = _run_main(tmp_path, tfds_dir, "--config.num_train_steps=100000")
+  deadline = time.time() + 240
+  while not (tmp_path / "checkpoints").is_dir() or not any((tmp_path / "checkpoints").iterdir()):
+    assert run.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  run.send_signal(signal.SIGTERM)
+  out, _ = run.communicate(timeout=120)
+  assert run.returncode == 0, out
+  saved = int(out.split("saved the checkpoint at step ")[1].split()[0])
+  assert ocp.CheckpointManager(str(tmp_path / "checkpoints")).latest_step() == saved
+
+
+@pytest.mark.parametrize(
+  "override, explanation",
+  [
+    (
+      "--config.model.n_layerz=3",
+      "no field 'model.n_layerz'; the fields there are ['backward_max_iter', 'backward_rtol', 'd_inner'",
+    ),
+    ("--config.learning_rat=1", "no field 'learning_rat'; the fields there are ['backward', 'batch_size'"),
+    ("--config.seed.x=1", "no field 'seed.x'; 'seed' is a value, not a group."),
+  ],
+)
+def test_override_of_a_missing_field_is_named(tfds_dir, tmp_path, override, explanation):
+  run = _run_main(tmp_path, tfds_dir, override)
+  out, _ = run.communicate(timeout=120)
+  assert run.returncode == 1
+  path = override.split("=")[0]
+  assert f"FATAL Flags parsing error: {path}: the config has {explanation}" in out, out
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_four_devices_match_one(tfds_dir):
+  assert jax.device_count() == 4
+  config = tiny_config(tfds_dir, pretrain_steps=0)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    rt, params = trainer.setup(config)
+    rt.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
+    params = jax.device_put(params, rt.replicated)
+    opt_state = rt.optimizer.init(params)
+    memory = trainer.init_memory(rt, params, config.batch_size)
+    stream = OrderedLMStream(rt.task.data.splits["train"], config.batch_size, config.tgt_len)
+    step = jax.jit(functools.partial(trainer.train_step, rt, "deq", use_jac=False))
+    losses = []
+    for k in range(3):
+      x, y = (jax.device_put(a, rt.batch_sharding) for a in stream.segment(k))
+      params, opt_state, memory, metrics = step(params, opt_state, memory, x, y, k)
+      losses.append(float(metrics["loss"]))
+    assert len(params["cell"]["qkv"]["v"][...].sharding.device_set) == len(devices)
+    results.append((losses, jax.tree.leaves(params)))
+  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+  for a, b in zip(results[0][1], results[1][1], strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_non_finite_steps_are_skipped_then_stop(tfds_dir, tmp_path, monkeypatch):
+  config = tiny_config(tfds_dir, num_train_steps=20, pretrain_steps=20, max_nonfinite_steps=3, checkpoint_every_steps=2)
+  forward, step_fn = steps.model_forward, steps.train_step
+
+  def poisoned_step(rt, phase, params, opt_state, memory, tokens, targets, step, *, use_jac):
+    """From the 5th step (index 4) on, the loss is NaN."""
+
+    def poisoned_forward(*args, **kwargs):
+      out = forward(*args, **kwargs)
+      return out._replace(nll=jax.numpy.where(step >= 4, np.nan, out.nll))
+
+    with monkeypatch.context() as patch:
+      patch.setattr(steps, "model_forward", poisoned_forward)
+      return step_fn(rt, phase, params, opt_state, memory, tokens, targets, step, use_jac=use_jac)
+
+  monkeypatch.setattr(loop, "train_step", poisoned_step)
+  with pytest.raises(trainer.NonFiniteError, match="3 consecutive steps"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
+  assert manager.latest_step() == 6  # steps 5 and 6 were skipped; 7 stopped the run before its checkpoint
+  restore = lambda step: manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  after_skips, last_good = restore(6), restore(4)
+  for a, b in zip(jax.tree.leaves(after_skips), jax.tree.leaves(last_good), strict=True):
+    np.testing.assert_array_equal(a, b)  # skipped steps changed nothing (parameters, optimizer, memory)
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(after_skips["params"]))
+
+
+def test_bad_inputs(tfds_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match="wiki.valid.tokens"):
+    trainer.setup(tiny_config(tfds_dir / "fresh", data=dict(name="wikitext2", manual_dir=str(tmp_path), data_dir="")))
+  with pytest.raises(ValueError, match=r"batch_size=6 is not divisible by the 4 devices"):
+    trainer.setup(tiny_config(tfds_dir, batch_size=6))
+  with pytest.raises(ValueError, match=r"n_token=500 but the 'wikitext2_sample' vocabulary has 13777"):
+    config = tiny_config(tfds_dir)
+    config.model.n_token = 500
+    trainer.setup(config)
+  with pytest.raises(ValueError, match=r"got grad_clip_ratio=0.5, grad_clip_ratio_decay=0.98"):
+    trainer.setup(tiny_config(tfds_dir, grad_clip_ratio=0.5))
+  with pytest.raises(ValueError, match=r"Unknown field\(s\) \['d_modle'\]"):
+    config = tiny_config(tfds_dir)
+    config.model.d_modle = 3
+    trainer.setup(config)
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, flag_values=values, lock_config=True)
+  with pytest.raises(flags.UnrecognizedFlagError, match="config.learning_rat"):
+    values(["main", f"--config={DEFAULT_CONFIG}", "--config.learning_rat=0.1"])
+
+
+def _with_seed(config, seed):
+  config = config.copy_and_resolve_references()
+  config.seed = seed
+  return config
+
+
+@pytest.mark.xdist_group("trained")
+def test_resume_with_another_seed_or_vocabulary_fails(trained, tmp_path):
+  config, workdir, _, _ = trained
+  with pytest.raises(ValueError, match=r"another seed .* from seed=7"):
+    trainer.train_and_evaluate(_with_seed(config, 7), str(workdir))
+  other = tmp_path / "other_text"
+  other.mkdir()
+  for name in ("wiki.valid.tokens", "wiki.test.tokens"):
+    (other / name).write_text("a b c d e f g h i j k l m n o p q r s t u v w x y z\n" * 40, encoding="utf-8")
+  config = config.copy_and_resolve_references()
+  config.data.manual_dir, config.data.data_dir = str(other), str(tmp_path / "tfds_other")
+  with pytest.raises(ValueError, match=r"vocabulary of 13777 types .* now gives 27"):
+    trainer.train_and_evaluate(config, str(workdir))
+
+
+def _one_update(tfds_dir, step, phase="deq", model=None, **fields):
+  """(parameter updates, metrics) of training step `step` (phase `phase`) of the tiny config with `fields`
+  (and `model` fields)."""
+  config = tiny_config(tfds_dir, pretrain_steps=0, warmup_steps=0, **fields)
+  config.model.update(model or {})
+  rt, params = trainer.setup(config)
+  before = jax.tree.leaves(params)
+  memory = trainer.init_memory(rt, params, config.batch_size)
+  x, y = (jax.device_put(a, rt.batch_sharding) for a in OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0))
+  use_jac = trainer.uses_jac_reg(config, phase, step)
+  new_params, _, _, metrics = jax.jit(functools.partial(trainer.train_step, rt, phase, use_jac=use_jac))(
+    params, rt.optimizer.init(params), memory, x, y, step
+  )
+  updates = [np.asarray(a) - np.asarray(b) for a, b in zip(jax.tree.leaves(new_params), before, strict=True)]
+  return updates, metrics
+
+
+def _max_difference(a, b) -> float:
+  return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b, strict=True))
+
+
+def test_jacobian_penalty_enters_the_update(tfds_dir):
+  plain, metrics = _one_update(tfds_dir, 0, jac_reg=0.0)
+  assert "jac_loss" not in metrics
+  penalised, metrics = _one_update(tfds_dir, 0, jac_reg=5.0)
+  # Hutchinson estimate of ||df/dz||_F^2 / n: positive, and below the contraction-free bound of
+  # a post-LayerNorm cell at initialisation (an exploding estimate would mean a wiring error).
+  assert 0.0 < float(metrics["jac_loss"]) < 10.0
+  assert _max_difference(plain, penalised) > 1e-6
+
+
+def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
+  # Step 3 lies past jac_reg_until_step = 2: the update is that of the constant weight jac_reg_after.
+  switched_off, _ = _one_update(tfds_dir, 3, jac_reg=5.0, jac_reg_until_step=2, jac_reg_after=0.0)
+  plain, _ = _one_update(tfds_dir, 3, jac_reg=0.0)
+  assert _max_difference(switched_off, plain) < 1e-7
+  switched_on, _ = _one_update(tfds_dir, 3, jac_reg=0.0, jac_reg_until_step=2, jac_reg_after=5.0)
+  constant, _ = _one_update(tfds_dir, 3, jac_reg=5.0)
+  assert _max_difference(switched_on, constant) < 1e-7
+  assert _max_difference(switched_on, plain) > 1e-6
+  config = tiny_config(tfds_dir, jac_reg=0.5, jac_reg_until_step=100, jac_reg_after=0.05)
+  assert [float(schedules.jac_reg_weight(config, s)) for s in (0, 99, 100, 500)] == pytest.approx(
+    [0.5, 0.5, 0.05, 0.05]
+  )
+  assert [trainer.uses_jac_reg(config, "deq", s) for s in (0, 100)] == [True, True]
+  config.jac_reg_after = 0.0
+  assert [trainer.uses_jac_reg(config, "deq", s) for s in (0, 99, 100, 500)] == [True, True, False, False]
+  assert not trainer.uses_jac_reg(config, "pretrain", 0)
+  with pytest.raises(ValueError, match=r"jac_reg_after=-0.1"):
+    trainer.check_config(tiny_config(tfds_dir, jac_reg_after=-0.1))
+
+
+@functools.cache
+def _plain_update(tfds_dir, phase):
+  """The tiny config's own first update in phase `phase`, computed once per test process."""
+  return _one_update(tfds_dir, 0, phase)
+
+
+def _changes_update(tfds_dir, phase, model=None, **fields) -> bool:
+  """Whether `fields` (and `model` fields) change the first update of phase `phase` (the tiny config's)."""
+  plain, _ = _plain_update(tfds_dir, phase)
+  changed, _ = _one_update(tfds_dir, 0, phase, model, **fields)
+  difference = _max_difference(changed, plain)
+  assert difference < 1e-7 or difference > 1e-6, difference  # identical, or clearly not
+  return difference > 1e-6
+
+
+def test_pretrain_jacobian_penalty_applies_to_unrolled_steps_only(tfds_dir):
+  # The DEQ-phase weights leave an unrolled step alone; pretrain_jac_reg enters it, and not a DEQ step.
+  _, metrics = _plain_update(tfds_dir, "pretrain")
+  assert "jac_loss" not in metrics
+  assert not _changes_update(tfds_dir, "pretrain", jac_reg=5.0)
+  assert _changes_update(tfds_dir, "pretrain", pretrain_jac_reg=5.0)
+  _, metrics = _one_update(tfds_dir, 0, phase="pretrain", pretrain_jac_reg=5.0)
+  assert 0.0 < float(metrics["jac_loss"]) < 10.0
+  assert not _changes_update(tfds_dir, "deq", pretrain_jac_reg=5.0)
+  with pytest.raises(ValueError, match=r"pretrain_jac_reg=-1"):
+    trainer.check_config(tiny_config(tfds_dir, pretrain_jac_reg=-1.0))
+
+
+def test_settle_iterations_ramp_and_enter_unrolled_steps_only(tfds_dir):
+  config = tiny_config(
+    tfds_dir, pretrain_settle_iters=12, pretrain_settle_from_step=500, pretrain_settle_until_step=850
+  )
+  ks = [int(schedules.settle_overrides(config, s, "pretrain")["settle_iters"]) for s in (0, 500, 675, 849, 850, 900)]
+  assert ks == [0, 0, 6, 11, 12, 12]  # floor(12 * (step - 500) / 350), clipped to [0, 12]
+  assert schedules.settle_overrides(config, 900, "deq") == {}
+  jump = tiny_config(tfds_dir, pretrain_settle_iters=4, pretrain_settle_from_step=3)
+  assert [int(schedules.settle_overrides(jump, s, "pretrain")["settle_iters"]) for s in (2, 3, 9)] == [0, 4, 4]
+  # Settle iterations change an unrolled step, not before the ramp starts, and never a DEQ step.
+  assert _changes_update(tfds_dir, "pretrain", pretrain_settle_iters=4)
+  assert not _changes_update(tfds_dir, "pretrain", pretrain_settle_iters=4, pretrain_settle_from_step=1)
+  assert not _changes_update(tfds_dir, "deq", pretrain_settle_iters=4)
+  with pytest.raises(ValueError, match=r"pretrain_settle_iters=-1"):
+    trainer.check_config(tiny_config(tfds_dir, pretrain_settle_iters=-1))
+
+
+def test_phantom_backward_in_deq_steps(tfds_dir):
+  # The config's backward options reach fixed_point in DEQ steps: no adjoint solve (0 backward
+  # steps), and each of phantom_steps and phantom_damping changes the update; unrolled steps ignore them.
+  implicit, implicit_metrics = _plain_update(tfds_dir, "deq")
+  one, metrics = _one_update(tfds_dir, 0, model=dict(backward="phantom"))
+  two, _ = _one_update(tfds_dir, 0, model=dict(backward="phantom", phantom_steps=2))
+  damped, _ = _one_update(tfds_dir, 0, model=dict(backward="phantom", phantom_steps=2, phantom_damping=0.5))
+  assert float(implicit_metrics["b_steps"]) > 0 and float(metrics["b_steps"]) == 0.0
+  assert min(_max_difference(one, implicit), _max_difference(two, one), _max_difference(damped, two)) > 1e-6
+  assert not _changes_update(tfds_dir, "pretrain", model=dict(backward="phantom"))
+  with pytest.raises(ValueError, match=r"Unknown backward='adjoint'"):
+    trainer.check_config(tiny_config(tfds_dir, model=dict(backward="adjoint")))
+  with pytest.raises(ValueError, match=r"phantom_steps=0"):
+    trainer.check_config(tiny_config(tfds_dir, model=dict(phantom_steps=0)))

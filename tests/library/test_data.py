@@ -1,0 +1,105 @@
+"""WikiText through TFDS on the real WikiText-2 files, the vocabulary rules, and the ordered LM stream."""
+
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+from paths import REPO, SHARED
+
+from deqjax.data import EOS, UNK, OrderedLMStream, build_vocab, encode, load_wikitext
+
+REAL = os.path.join(SHARED, "data", "wikitext-2")
+BUNDLED = os.path.join(REPO, "experiments", "data", "wikitext-2")
+TRAIN_TEXT = " = Valkyria = \n\n the game 's battle system , the <unk> was \n the game began in 2010 . \n"
+
+
+@pytest.fixture(scope="module")
+def manual_dir(tmp_path_factory):
+  """The real WikiText-2 valid / test files beside a small generated training file."""
+  folder = tmp_path_factory.mktemp("wikitext-2")
+  for name in ("wiki.valid.tokens", "wiki.test.tokens"):
+    shutil.copy(os.path.join(REAL, name), folder / name)
+  (folder / "wiki.train.tokens").write_text(TRAIN_TEXT, encoding="utf-8")
+  return folder
+
+
+def test_vocabulary_rules():
+  vocab = build_vocab(TRAIN_TEXT.splitlines(keepends=True))
+  # <eos> first, then by count (the: 3, game: 2, =: 2 ...), ties in order of first occurrence.
+  assert vocab[:4] == [EOS, "the", "=", "game"]
+  assert len(vocab) == 1 + len(set(TRAIN_TEXT.split()))
+  ids = encode(["the unseen game \n"], vocab)
+  assert [vocab[i] for i in ids] == ["the", UNK, "game", EOS]
+  with pytest.raises(ValueError, match="no '<unk>'"):
+    encode(["unseen"], ["<eos>", "the"])
+
+
+def test_real_wikitext2_token_counts(manual_dir, tmp_path):
+  data = load_wikitext("wikitext2", str(manual_dir), str(tmp_path))
+  assert data.splits["validation"].size == 217_646 and data.splits["test"].size == 245_569
+  assert data.splits["train"].size == len(TRAIN_TEXT.splitlines()) + len(TRAIN_TEXT.split())
+  assert list(data.vocab) == build_vocab(TRAIN_TEXT.splitlines())
+  # Every validation word outside the tiny training vocabulary is <unk>; <eos> ends each of the 3,760 lines.
+  assert int(np.sum(data.splits["validation"] == data.vocab.index(EOS))) == 3_760
+  assert data.decode(data.splits["train"][:6]) == "= Valkyria = <eos> <eos> the"
+  # A second load reads the prepared dataset (the manual directory is no longer needed).
+  again = load_wikitext("wikitext2", str(tmp_path / "absent"), str(tmp_path))
+  np.testing.assert_array_equal(again.splits["test"], data.splits["test"])
+
+
+def test_bundled_sample_and_the_official_zip(tmp_path):
+  data = load_wikitext("wikitext2_sample", BUNDLED, str(tmp_path / "tfds"))
+  assert len(data.vocab) == 13_777 and data.splits["train"].size == 217_646
+  assert data.splits["test"].size == 245_569
+  archive = tmp_path / "zipped" / "wikitext-2-v1.zip"
+  archive.parent.mkdir()
+  with zipfile.ZipFile(archive, "w") as z:
+    for name in ("wiki.valid.tokens", "wiki.test.tokens"):
+      z.write(os.path.join(BUNDLED, name), f"wikitext-2/{name}")
+  zipped = load_wikitext("wikitext2_sample", str(archive.parent), str(tmp_path / "tfds_zip"))
+  assert zipped.vocab == data.vocab
+  np.testing.assert_array_equal(zipped.splits["train"], data.splits["train"])
+
+
+def test_missing_or_incomplete_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match="is not a directory"):
+    load_wikitext("wikitext103", str(tmp_path / "nowhere"), str(tmp_path / "tfds"))
+  (tmp_path / "wiki.train.tokens").write_text("a b\n")
+  with pytest.raises(FileNotFoundError, match=r"wiki\.test\.tokens.*wiki\.train\.tokens.*wiki\.valid\.tokens"):
+    load_wikitext("wikitext103", str(tmp_path), str(tmp_path / "tfds"))
+  with pytest.raises(ValueError, match="Unknown WikiText config"):
+    load_wikitext("wikitext5", str(tmp_path), str(tmp_path / "tfds"))
+
+
+def test_ordered_stream_layout():
+  tokens = np.arange(103)
+  stream = OrderedLMStream(tokens, batch_size=4, tgt_len=5)
+  assert stream.data.shape == (4, 25) and stream.num_segments == 4  # (25 - 1) // 5
+  x0, y0 = stream.segment(0)
+  x1, _ = stream.segment(1)
+  np.testing.assert_array_equal(x0[1], np.arange(25, 30))  # row i is the i-th stretch of text
+  np.testing.assert_array_equal(y0, x0 + 1)  # targets are the next tokens
+  np.testing.assert_array_equal(x1[:, 0], x0[:, -1] + 1)  # segments continue each row
+  np.testing.assert_array_equal(stream.segment(4)[0], x0)  # the next epoch starts again
+  assert stream.epoch(4) == 1
+  segments = list(stream.eval_segments())
+  assert [x.shape[1] for x, _ in segments] == [5, 5, 5, 5, 4]  # all 24 predictable columns
+  np.testing.assert_array_equal(np.concatenate([y for _, y in segments], axis=1), stream.data[:, 1:])
+  half = OrderedLMStream(tokens, batch_size=4, tgt_len=5, rows=(2, 4))
+  np.testing.assert_array_equal(half.segment(3)[0], stream.segment(3)[0][2:])
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "error", "match"),
+  [
+    (dict(tokens=np.zeros((2, 3), np.int32), batch_size=1, tgt_len=1), TypeError, r"1-D integer.*\(2, 3\)"),
+    (dict(tokens=np.zeros(10, np.int32), batch_size=0, tgt_len=2), ValueError, "batch_size must be"),
+    (dict(tokens=np.zeros(10, np.int32), batch_size=5, tgt_len=2), ValueError, r"10 tokens gives 5 rows of 2"),
+    (dict(tokens=np.zeros(10, np.int32), batch_size=2, tgt_len=2, rows=(1, 3)), ValueError, "rows="),
+  ],
+)
+def test_stream_errors(kwargs, error, match):
+  with pytest.raises(error, match=match):
+    OrderedLMStream(**kwargs)

@@ -1,0 +1,7 @@
+"""Where the tests find the repository, the shared reference data beside it, and their own data."""
+
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(REPO, "..", "shared")  # DEQ reference dumps and the real WikiText-2 files
+TEST_DATA = os.path.join(REPO, "tests", "data")
