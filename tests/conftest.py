@@ -1,14 +1,53 @@
-"""Test configuration: float64 available, strict rank promotion, several CPU devices.
+"""Test configuration: float64 available, strict rank promotion, several CPU devices, one compilation cache.
 
 x64 is on for the whole suite, so every float32 test also checks that the
 solvers keep float32 states in float32 when 64-bit mode is enabled.
+
+Compiled programs are cached on disk for the session (JAX's persistent compilation cache, in a
+fresh folder the pytest-xdist workers and the training subprocesses share): the end-to-end tests
+build the same tiny model's steps many times over, in this process and in subprocesses, and
+compile each once. A cached program is the same program, so results are unchanged.
+
+Expensive artefacts (the prepared tiny dataset, the shared training run) are made once per test
+session, whichever worker asks first, in a folder all workers share (`shared_once`).
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+_MADE_HERE = []  # the session folders this process made (the xdist controller); workers inherit them
+for _variable in ("JAX_COMPILATION_CACHE_DIR", "DEQJAX_TESTS_SHARED"):
+  if _variable not in os.environ:
+    os.environ[_variable] = tempfile.mkdtemp(prefix=f"deqjax-tests-{_variable.lower()}-")
+    _MADE_HERE.append(os.environ[_variable])
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
+from shared import shared_once  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="session")
+def tfds_dir():
+  """Where the tiny runs' TFDS dataset is prepared, once per session (`tiny_training.tiny_config`)."""
+
+  def prepare(folder):
+    from tiny_training import tiny_config
+
+    from experiments.tasks.wikitext import load_data
+
+    load_data(tiny_config(folder))
+
+  return shared_once("tfds", prepare)
+
+
+def pytest_unconfigure(config):
+  del config
+  for folder in _MADE_HERE:
+    shutil.rmtree(folder, ignore_errors=True)

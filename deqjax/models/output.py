@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from deqjax._info import SolveInfo
+from deqjax import SolveInfo
 
 
 class ModelOutput(NamedTuple):

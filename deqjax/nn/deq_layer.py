@@ -9,10 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from deqjax._broyden import Broyden
-from deqjax._diagnostics import jacobian_frobenius_sq
-from deqjax._fixed_point import fixed_point
-from deqjax._info import SolveInfo
+from deqjax import Broyden, SolveInfo, fixed_point, jacobian_frobenius_sq
 
 
 def solve_cell(

@@ -54,6 +54,6 @@ def test_bad_arguments_are_named():
     run_synthetic(small("default"), steps=1)  # the default takes its vocabulary from the data
   with pytest.raises(ValueError, match="steps must be >= 1"):
     run_synthetic(small("default", n_token=50), steps=0)
-  config = small("copy_memory_tcn")
+  config = small("copy_memory.tcn")
   with pytest.raises(ValueError, match="config.task='copy_memory'"):
     run_synthetic(config, steps=1)

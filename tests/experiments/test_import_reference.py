@@ -21,10 +21,10 @@ EXPORTED = dict(num_train_steps=3, pretrain_steps=1, eval_max_segments=2)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tfds_dir, tmp_path_factory):
   """(config, the initial parameters' test perplexity, the reference npz written from them)."""
   tmp = tmp_path_factory.mktemp("import")
-  config = tiny_config(tmp / "tfds", **EXPORTED)
+  config = tiny_config(tfds_dir, **EXPORTED)
   rt, params = trainer.setup(config)
   state_dict, hparams = to_reference(nnx.merge(rt.graphdef, jax.device_get(params), rt.rest))
   path = str(tmp / "reference.npz")

@@ -17,6 +17,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 from paths import REPO
+from shared import shared_once
 from tiny_training import TINY, TINY_MODEL, tiny_config, tiny_text
 
 from deqjax.data import OrderedLMStream
@@ -27,30 +28,30 @@ from experiments.trainer import loop, schedules, steps
 DEFAULT_CONFIG = os.path.join(REPO, "experiments", "configs", "default.py")
 
 
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("tfds")
-
-
-# One run of the tiny config, shared by the tests that inspect it (a worker of its own: xdist_group).
+# One run of the tiny config, made once per session and shared by the tests that inspect it.
 SHARED_RUN = dict(
   num_train_steps=50, pretrain_steps=20, log_every_steps=10, eval_every_steps=0,
   jac_reg=0.5, jac_reg_until_step=40, jac_reg_after=0.0,
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def trained(tfds_dir, tmp_path_factory):
+@pytest.fixture(scope="session")
+def trained(tfds_dir):
   """(config, workdir, test_ppl, printed output) of the shared run."""
-  workdir = tmp_path_factory.mktemp("trained")
   config = tiny_config(tfds_dir, **SHARED_RUN)
-  stdout = io.StringIO()
-  with contextlib.redirect_stdout(stdout):
-    test_ppl = trainer.train_and_evaluate(config, str(workdir))["test_ppl"]
-  return config, workdir, test_ppl, stdout.getvalue()
+
+  def train(workdir):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+      results = trainer.train_and_evaluate(config, str(workdir))
+    (workdir / "printed.txt").write_text(printed.getvalue(), encoding="utf-8")
+    (workdir / "results.json").write_text(json.dumps(results), encoding="utf-8")
+
+  workdir = shared_once("trained", train)
+  test_ppl = json.loads((workdir / "results.json").read_text(encoding="utf-8"))["test_ppl"]
+  return config, workdir, test_ppl, (workdir / "printed.txt").read_text(encoding="utf-8")
 
 
-@pytest.mark.xdist_group("trained")
 def test_training_lowers_the_loss(trained):
   config, workdir, test_ppl, printed = trained
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
@@ -64,7 +65,6 @@ def test_training_lowers_the_loss(trained):
   assert "step 50/50 [deq]" in printed
 
 
-@pytest.mark.xdist_group("trained")
 def test_switched_off_jacobian_penalty_is_not_computed(trained):
   # Unrolled steps (1-20) have no penalty (pretrain_jac_reg 0); DEQ steps 21-40 carry it; from
   # jac_reg_until_step = 40 on its weight is 0 and the loop's update (compiled for that phase)
@@ -76,7 +76,6 @@ def test_switched_off_jacobian_penalty_is_not_computed(trained):
   assert jac[10] is None and jac[20] is None and jac[30] > 0 and jac[40] > 0 and jac[50] is None
 
 
-@pytest.mark.xdist_group("trained")
 def test_evaluation_of_the_trained_workdir(trained):
   # --mode=eval on the latest checkpoint reproduces the run's test perplexity exactly; a longer
   # evaluation memory changes it (the model sees more context).
@@ -189,7 +188,10 @@ def test_sigterm_saves_and_exits_cleanly(tfds_dir, tmp_path):
       "--config.model.n_layerz=3",
       "no field 'model.n_layerz'; the fields there are ['backward_max_iter', 'backward_rtol', 'd_inner'",
     ),
-    ("--config.learning_rat=1", "no field 'learning_rat'; the fields there are ['backward', 'batch_size'"),
+    (
+      "--config.learning_rat=1",
+      "no field 'learning_rat'; the fields there are ['batch_size', 'checkpoint_every_steps'",
+    ),
     ("--config.seed.x=1", "no field 'seed.x'; 'seed' is a value, not a group."),
   ],
 )
@@ -280,7 +282,6 @@ def _with_seed(config, seed):
   return config
 
 
-@pytest.mark.xdist_group("trained")
 def test_resume_with_another_seed_or_vocabulary_fails(trained, tmp_path):
   config, workdir, _, _ = trained
   with pytest.raises(ValueError, match=r"another seed .* from seed=7"):

@@ -1,6 +1,6 @@
 r"""Copy memory (T = 400), an LSTM with 53 hidden units over one-hot inputs.
 
-python -m experiments.main --config=experiments/configs/copy_memory/lstm.py --workdir=/tmp/copy_lstm
+python -m experiments.main --config=experiments/configs/copy_memory/lstm.py --workdir=results/copy_memory/lstm
 """
 
 from experiments.configs.copy_memory.common import base

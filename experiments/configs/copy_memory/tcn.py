@@ -1,6 +1,6 @@
 r"""Copy memory (T = 400), a causal TCN: 8 levels of 11 channels, kernel 8 (receptive field 3,571).
 
-python -m experiments.main --config=experiments/configs/copy_memory/tcn.py --workdir=/tmp/copy_tcn
+python -m experiments.main --config=experiments/configs/copy_memory/tcn.py --workdir=results/copy_memory/tcn
 """
 
 from experiments.configs.copy_memory.common import base

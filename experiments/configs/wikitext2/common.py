@@ -1,23 +1,6 @@
-"""Shared pieces of the equal-parameter, equal-time WikiText-2 comparison (the README's results section).
+"""Shared pieces of the WikiText-2 comparison: equal parameters, equal time (docs/results/wikitext2.md).
 
-Every row trains on the WikiText-2 validation file (the bundled sample: vocabulary from that
-text, 13,777 types; test words it lacks become `<unk>`) and is evaluated on the test file, for
-the same wall-clock budget: TRAIN_BUDGET_SECONDS of training steps on one CPU core (the
-README's commands pin each run to a core). `num_train_steps` of each row is what that row fits
-into the budget at its measured speed (a little more, so that the budget is what stops it);
-the cosine schedule decays to 0 there.
-
-The transformer rows have the same non-embedding parameters (66,880 = one DEQ cell): the DEQ,
-the same cell unrolled 16 times with weights tied (the paper's weight-tied baseline depth), and
-a 4-layer untied Transformer-XL with narrower layers (as the paper's small Transformer-XL). The
-TrellisNet rows share one cell (99,840): the DEQ and the cell unrolled 16 times.
-
-Recipe (all rows): batch 16 x 32, AdamW 1e-3 with 200 warmup steps and cosine decay, clip 0.25,
-dropout 0.1; the DEQs pretrain the unrolled cell for about a tenth of their steps, then solve with
-Broyden (caps 16 / 16, relative tolerance 1e-3) and the Jacobian penalty 0.5. With the CPU
-default's 2e-3 and no penalty, the DEQ-Transformer's solves stopped converging ~100 steps after
-the switch (forward residual 0.18 at its cap, backward 0.72) and the tied 16-layer model's
-gradient norm spiked to 66.
+The recipe and why: docs/notes/wikitext2_recipe.md.
 """
 
 import ml_collections
