@@ -70,16 +70,17 @@ def test_transformer_xl_baseline_is_causal_and_keeps_per_layer_memory():
     n_token=40, d_model=16, n_head=2, d_inner=24, cutoffs=(10, 25), div_val=2, mem_len=3, n_layer=3
   )
   model = TransformerXLLM(config, rngs=nnx.Rngs(0))
+  forward = nnx.jit(lambda model, inputs, targets, memory: model(inputs, targets, memory, dtype=jnp.float64))
   tokens = jax.random.randint(jax.random.key(0), (2, 6), 0, 40)
-  first = model(tokens, tokens, dtype=jnp.float64)
+  first = forward(model, tokens, tokens, None)
   assert len(first.memory) == 3 and all(m.shape == (2, 3, 16) for m in first.memory)
   changed = tokens.at[:, 3].set((tokens[:, 3] + 5) % 40)
   for memory in (None, first.memory):
-    a = model(tokens, tokens, memory, dtype=jnp.float64).nll
-    b = model(changed, tokens, memory, dtype=jnp.float64).nll
+    a = forward(model, tokens, tokens, memory).nll
+    b = forward(model, changed, tokens, memory).nll
     np.testing.assert_allclose(a[:, :3], b[:, :3], atol=1e-13, rtol=0)
     assert float(jnp.max(jnp.abs(a[:, 3:] - b[:, 3:]))) > 1e-6
-  grads = nnx.grad(lambda m: jnp.mean(m(tokens, tokens, first.memory).nll))(model)
+  grads = nnx.jit(nnx.grad(lambda m: jnp.mean(m(tokens, tokens, first.memory).nll)))(model)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from absl import flags
 from ml_collections import config_flags
-from paths import REPO
+from paths import REPO, SUBPROCESS_XLA_FLAGS
 from shared import shared_once
 from tiny_training import TINY, TINY_MODEL, tiny_config, tiny_text
 
@@ -132,7 +132,7 @@ def _run_main(workdir, tfds_dir, *extra):
     "--config.eval_every_steps=0",
     *extra,
   ]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": SUBPROCESS_XLA_FLAGS}
   return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -132,8 +132,8 @@ def test_deq_equals_the_weight_tied_unrolled_limit():
     return jnp.mean(model(tokens, tokens, unrolled=unrolled, dtype=F64, **TIGHT).nll)
 
   np.testing.assert_allclose(loss(model, False), loss(model, True), rtol=1e-11)
-  g_deq = jax.tree.leaves(nnx.grad(lambda m: loss(m, False))(model))
-  g_unrolled = jax.tree.leaves(nnx.grad(lambda m: loss(m, True))(model))
+  g_deq = jax.tree.leaves(nnx.jit(nnx.grad(lambda m: loss(m, False)))(model))
+  g_unrolled = jax.tree.leaves(nnx.jit(nnx.grad(lambda m: loss(m, True)))(model))
   flat_deq = jnp.concatenate([g.ravel() for g in g_deq])
   flat_unrolled = jnp.concatenate([g.ravel() for g in g_unrolled])
   cosine = flat_deq @ flat_unrolled / (jnp.linalg.norm(flat_deq) * jnp.linalg.norm(flat_unrolled))
@@ -152,8 +152,10 @@ def test_dropout_masks_are_fixed_across_iterations_and_the_backward_solve():
 
   # The implicit gradient (adjoint solved with the same masks) matches central differences.
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  loss = lambda p: jnp.mean(nnx.merge(graphdef, p, rest)(tokens, tokens, dropout_key=key, dtype=F64, **TIGHT).nll)
-  grads = jax.grad(loss)(params)
+  loss = jax.jit(
+    lambda p: jnp.mean(nnx.merge(graphdef, p, rest)(tokens, tokens, dropout_key=key, dtype=F64, **TIGHT).nll)
+  )
+  grads = jax.jit(jax.grad(loss))(params)
   direction = jax.tree.map(lambda a: jax.random.normal(jax.random.key(a.size), a.shape, F64), params)
   eps = 1e-6
   shift = lambda s: jax.tree.map(lambda a, d: a.astype(F64) + s * eps * d, params, direction)
