@@ -3,38 +3,16 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from core_cases import contractive_matrix, linear, tanh_layer, tanh_params
 
 import deqjax
 from deqjax import Status
 
 
-def _contractive_matrix(key, n, radius=0.6, dtype=jnp.float64):
-  a = jax.random.normal(key, (n, n), dtype)
-  return radius * a / jnp.max(jnp.abs(jnp.linalg.eigvals(a)))
-
-
-def linear(a, z, x):
-  return a @ z + x
-
-
-def tanh_layer(p, z, x):
-  h = z @ p["w"] + x @ p["u"]
-  return jnp.tanh(h + p["b"].reshape((1,) * (h.ndim - 1) + (-1,)))
-
-
-def tanh_params(key, width=6, scale=0.5):
-  k1, k2, k3 = jax.random.split(key, 3)
-  return {
-    "w": scale * jax.random.normal(k1, (width, width), jnp.float64) / width**0.5,
-    "u": jax.random.normal(k2, (width, width), jnp.float64) / width**0.5,
-    "b": 0.1 * jax.random.normal(k3, (width,), jnp.float64),
-  }
-
-
 def test_broyden_solves_linear_system_in_few_steps():
   # Good Broyden terminates on an n-dimensional linear problem within 2n steps.
   n = 5
-  a = _contractive_matrix(jax.random.key(3), n, radius=0.95)
+  a = contractive_matrix(jax.random.key(3), n, radius=0.95)
   x = jnp.ones((n,), jnp.float64)
   _, info = deqjax.fixed_point(linear, a, x, max_iter=50, tol=1e-11, rtol=0.0)
   assert bool(info.converged)

@@ -7,7 +7,7 @@ import numpy as np
 import deqjax
 
 
-def linear(a, z, x):
+def batched_linear(a, z, x):
   return z @ a.T + x
 
 
@@ -17,16 +17,16 @@ def test_hutchinson_is_exact_in_expectation_and_differentiable():
   z = jnp.zeros((n,))
   key = jax.random.key(1)
   # The estimate is the mean of ||eps^T A||^2 over its probe vectors: recompute it by hand.
-  est = deqjax.jacobian_frobenius_sq(linear, a, z, z, key, num_samples=3)
+  est = deqjax.jacobian_frobenius_sq(batched_linear, a, z, z, key, num_samples=3)
   eps = jnp.stack([jax.random.normal(k, (1, n)) for k in jax.random.split(key, 3)])[:, 0]
   np.testing.assert_allclose(est, jnp.mean(jnp.sum((eps @ a) ** 2, axis=1)), rtol=1e-12)
   # Unbiased: with 20000 probes the mean is within 4 standard errors of ||A||_F^2.
-  many = deqjax.jacobian_frobenius_sq(linear, a, z, z, jax.random.key(2), num_samples=20000)
+  many = deqjax.jacobian_frobenius_sq(batched_linear, a, z, z, jax.random.key(2), num_samples=20000)
   exact = jnp.sum(a**2)
   std_err = jnp.sqrt(2 * jnp.sum((a @ a.T) ** 2) / 20000)  # Var ||eps^T A||^2 = 2 ||A A^T||_F^2
   assert abs(float(many - exact)) < 4 * float(std_err)
   # Differentiable in the parameters: d/dA mean ||eps^T A||^2 = 2 mean eps eps^T A.
-  grad = jax.grad(lambda a: deqjax.jacobian_frobenius_sq(linear, a, z, z, key, num_samples=3))(a)
+  grad = jax.grad(lambda a: deqjax.jacobian_frobenius_sq(batched_linear, a, z, z, key, num_samples=3))(a)
   np.testing.assert_allclose(grad, 2 * eps.T @ eps @ a / 3, rtol=1e-10)
 
 
@@ -50,7 +50,7 @@ def test_spectral_radius_real_and_complex_dominant_eigenvalues():
   z = jnp.zeros((n,))
   for a, radius in [(real, 0.9), (complex_pair, 0.8)]:
     assert abs(float(jnp.max(jnp.abs(jnp.linalg.eigvals(a)))) - radius) < 1e-9
-    est = deqjax.spectral_radius(linear, a, z, z, jax.random.key(5), num_iter=400)
+    est = deqjax.spectral_radius(batched_linear, a, z, z, jax.random.key(5), num_iter=400)
     np.testing.assert_allclose(est, radius, rtol=2e-2)
 
 

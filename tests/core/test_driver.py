@@ -4,20 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_cases import SOLVERS, contractive_matrix, linear
 
 import deqjax
 from deqjax import Status
-
-SOLVERS = ["broyden", "anderson", "iteration"]
-
-
-def _contractive_matrix(key, n, radius=0.6, dtype=jnp.float64):
-  a = jax.random.normal(key, (n, n), dtype)
-  return radius * a / jnp.max(jnp.abs(jnp.linalg.eigvals(a)))
-
-
-def linear(a, z, x):
-  return a @ z + x
 
 
 # ---------------------------------------------------------------------------
@@ -93,7 +83,7 @@ def test_one_failing_sample_does_not_abort_the_batch():
 # Reporting: step cap, NaN, divergence, backward statistics
 # ---------------------------------------------------------------------------
 def test_step_cap_is_reported_and_bounds_work():
-  a = _contractive_matrix(jax.random.key(16), 20, radius=0.99)
+  a = contractive_matrix(jax.random.key(16), 20, radius=0.99)
   z, info = deqjax.fixed_point(linear, a, jnp.ones(20), solver="iteration", max_iter=7, tol=1e-12, rtol=0.0)
   assert int(info.status) == Status.MAX_STEPS and not bool(info.converged)
   assert int(info.nstep) == 7

@@ -1,11 +1,13 @@
 """deqjax._flat: pytree states and their dtypes (16-bit, float32 under x64, float64, mixed)."""
 
+import functools
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_cases import unrolled
 
 import deqjax
 
@@ -20,8 +22,14 @@ def _setup(dtype, batch=4, width=16):
   return w, x
 
 
-def unrolled(f, params, x, z0, steps):
-  return jax.lax.fori_loop(0, steps, lambda _, z: f(params, z, x), z0)
+@functools.cache
+def _float64_reference(dtype_name: str):
+  """z* and d sum(z*) / dw of `_setup(dtype)`'s rounded w and x, solved in float64 (once per dtype)."""
+  w, x = (a.astype(jnp.float64) for a in _setup(jnp.dtype(dtype_name)))
+  solve = lambda w: deqjax.fixed_point(
+    cell, w, x, tol=1e-13, rtol=0.0, max_iter=80, backward_tol=1e-13, backward_rtol=0.0
+  )
+  return solve(w)[0], jax.grad(lambda w: jnp.sum(solve(w)[0]))(w)
 
 
 def test_pytree_state_params_and_input():
@@ -82,9 +90,7 @@ def test_states_keep_their_dtype_and_solve_to_its_precision(dtype, tol, atol, gr
   # Residuals are computed in float32 for 16-bit states, in the state's precision otherwise.
   assert info.residual.dtype == (jnp.float64 if dtype == jnp.float64 else jnp.float32)
   assert bool(jnp.all(info.converged)), info
-  reference = deqjax.fixed_point(cell, w.astype(jnp.float64), x.astype(jnp.float64), tol=1e-13, rtol=0.0, max_iter=80)[
-    0
-  ]
+  reference, ref_grad = _float64_reference(jnp.dtype(dtype).name)
   np.testing.assert_allclose(np.asarray(z, np.float64), reference, rtol=0, atol=atol)
 
   kw = dict(
@@ -99,13 +105,6 @@ def test_states_keep_their_dtype_and_solve_to_its_precision(dtype, tol, atol, gr
   )
   grad = jax.grad(lambda w: jnp.sum(deqjax.fixed_point(cell, w, x, **kw)[0].astype(jnp.float32)))(w)
   assert grad.dtype == dtype and bool(jnp.all(jnp.isfinite(grad.astype(jnp.float32))))
-  ref_grad = jax.grad(
-    lambda w: jnp.sum(
-      deqjax.fixed_point(
-        cell, w, x.astype(jnp.float64), tol=1e-13, rtol=0.0, max_iter=80, backward_tol=1e-13, backward_rtol=0.0
-      )[0]
-    )
-  )(w.astype(jnp.float64))
   scale = float(jnp.max(jnp.abs(ref_grad)))
   np.testing.assert_allclose(np.asarray(grad, np.float64), ref_grad, atol=grad_rtol * scale, rtol=0)
 

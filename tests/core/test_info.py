@@ -2,23 +2,10 @@
 
 import jax
 import jax.numpy as jnp
+from core_cases import tanh_layer, tanh_params
 
 import deqjax
 from deqjax import Status
-
-
-def tanh_layer(p, z, x):
-  h = z @ p["w"] + x @ p["u"]
-  return jnp.tanh(h + p["b"].reshape((1,) * (h.ndim - 1) + (-1,)))
-
-
-def tanh_params(key, width=6, scale=0.5):
-  k1, k2, k3 = jax.random.split(key, 3)
-  return {
-    "w": scale * jax.random.normal(k1, (width, width), jnp.float64) / width**0.5,
-    "u": jax.random.normal(k2, (width, width), jnp.float64) / width**0.5,
-    "b": 0.1 * jax.random.normal(k3, (width,), jnp.float64),
-  }
 
 
 def test_backward_statistics_arrive_through_the_probe():
