@@ -1,5 +1,7 @@
 """Checks shared by the language-model tests."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +25,12 @@ def unit_scale_embeddings(model):
   return model
 
 
+@functools.cache
+def jitted(**options):
+  """`model(inputs, targets, memory, **options)` compiled once per shape (an eager call recompiles its solver)."""
+  return nnx.jit(lambda model, inputs, targets, memory: model(inputs, targets, memory, **options))
+
+
 def assert_causal(model, tokens, memory, unrolled, position, min_change):
   """Changing token `position` leaves the NLL of earlier positions unchanged and changes later ones.
 
@@ -30,7 +38,8 @@ def assert_causal(model, tokens, memory, unrolled, position, min_change):
   """
   changed = tokens.at[:, position].set((tokens[:, position] + 7) % model.config.n_token)
   atol = 1e-12 if unrolled else 1e-9
-  a = model(tokens, tokens, memory, unrolled=unrolled, dtype=F64, **TIGHT).nll
-  b = model(changed, tokens, memory, unrolled=unrolled, dtype=F64, **TIGHT).nll
+  forward = jitted(unrolled=unrolled, dtype=F64, **TIGHT)
+  a = forward(model, tokens, tokens, memory).nll
+  b = forward(model, changed, tokens, memory).nll
   np.testing.assert_allclose(a[:, :position], b[:, :position], atol=atol, rtol=0)
   assert float(jnp.max(jnp.abs(a[:, position:] - b[:, position:]))) > min_change

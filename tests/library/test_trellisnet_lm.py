@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from lm_checks import F64, TIGHT, assert_causal, count, unit_scale_embeddings
+from lm_checks import F64, TIGHT, assert_causal, count, jitted, unit_scale_embeddings
 
 from deqjax.models import DEQTrellisNetConfig, DEQTrellisNetLM
 
@@ -31,8 +31,9 @@ def test_causality_and_history(unrolled):
   for mem in (None, memory):
     assert_causal(model, tokens, mem, unrolled, position=4, min_change=1e-4)
   # The history (last input, h and c of the previous segment) reaches the first position.
-  fresh = model(tokens, tokens, unrolled=unrolled, dtype=F64, **TIGHT).nll
-  carried = model(tokens, tokens, memory, unrolled=unrolled, dtype=F64, **TIGHT).nll
+  forward = jitted(unrolled=unrolled, dtype=F64, **TIGHT)
+  fresh = forward(model, tokens, tokens, None).nll
+  carried = forward(model, tokens, tokens, memory).nll
   assert float(jnp.max(jnp.abs(fresh[:, 0] - carried[:, 0]))) > 1e-4
 
 
