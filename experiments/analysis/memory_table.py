@@ -144,19 +144,19 @@ def memory_table(rows, batch, length):
       label = f"  {name} (history {LIMITED_HISTORY})"
       report(label, (name, LIMITED_HISTORY), with_history(config, LIMITED_HISTORY))
   pairs = [
-    ("deq_transformer_small", "transformer_xl_small_tied_16l", 84.0),
-    ("deq_transformer_small", "transformer_xl_small_4l", None),
-    ("deq_transformer_medium", "transformer_xl_medium_16l", None),
-    ("deq_transformer_medium_adaptive", "transformer_xl_medium_adaptive_18l", None),
-    ("deq_trellisnet", "trellisnet_70l", 86.6),
+    ("deq_transformer_small", "transformer_xl_small_tied_16l"),
+    ("deq_transformer_small", "transformer_xl_small_4l"),
+    ("deq_transformer_medium", "transformer_xl_medium_16l"),
+    ("deq_transformer_medium_adaptive", "transformer_xl_medium_adaptive_18l"),
+    ("deq_trellisnet", "trellisnet_70l"),
   ]
   print("DEQ reductions (full Broyden history, as the reference / history 8):")
-  for deq, base, target in pairs:
+  for deq, base in pairs:
     if (deq, "config") in results and (base, "config") in results:
       full, short = (100 * (1 - results[(deq, h)] / results[(base, "config")]) for h in ("config", LIMITED_HISTORY))
       paper = 100 * (1 - PAPER["wikitext103"][deq].memory_gb / PAPER["wikitext103"][base].memory_gb)
       line = f"  {deq} vs {base}: {full:.1f}% / {short:.1f}% less memory (paper {paper:.1f}%"
-      print(line + (f"; target >= {target}%)" if target else ")"))
+      print(line + ")")
   if ("transformer_xl_small_tied_16l", "config") in results:
     one_layer_floor(results[("transformer_xl_small_tied_16l", "config")], batch, length)
 
@@ -188,7 +188,7 @@ def depth_sweep(batch, length, out_dir):
   for row in zip(depths, tied, deq_full, deq_fixed, strict=True):
     print(f"{row[0]:4d} {row[1] / GB:15.2f} {row[2] / GB:20.2f} {row[3] / GB:17.2f}")
   spread = max(deq_fixed) / min(deq_fixed) - 1
-  print(f"  DEQ (history 8) varies by {100 * spread:.1f}% from L = 8 to 64 (target: flat within 5%)")
+  print(f"  DEQ (history 8) varies by {100 * spread:.1f}% from L = 8 to 64")
   fig, ax = plots.subplots(figsize=(5, 3.5), dpi=120)
   ax.plot(depths, [t / GB for t in tied], "o-", label="weight-tied, unrolled L layers")
   ax.plot(depths, [d / GB for d in deq_full], "s--", label="DEQ, L solver steps, full Broyden history")
