@@ -4,7 +4,7 @@ r"""Training throughput of the CPU default: the DEQ against its baselines, the s
 
 On the default config's data and batch (bundled WikiText-2 sample), times jitted
 training steps side by side (alternating, median) for
-  * the DEQ-Transformer (DEQ mode, the config's solver caps and tolerances),
+  * the DEQ-Transformer (solving, with the config's solver caps and tolerances),
   * the same cell unrolled and weight-tied for L = pretrain_depth layers and for L = 12,
   * an untied Transformer-XL with the same cell width and 2 layers,
 and prints tokens/s. The solvers' share of the DEQ step is estimated as

@@ -13,7 +13,7 @@ given with `--hparams=FILE.json` are checked against the config: any that would 
 model's function and disagree is an error naming both values.
 
 The checkpoint is written as the workdir's step `num_train_steps` (a finished run, evaluated in
-DEQ mode), with a fresh optimizer state; a workdir that already holds checkpoints is refused.
+"deq" phase), with a fresh optimizer state; a workdir that already holds checkpoints is refused.
 
 `--export` goes the other way: it writes the workdir's latest checkpoint as an npz the reference
 loads (`numpy.load` -> `torch.from_numpy` -> `model.load_state_dict`), with `__hparams__`.
