@@ -16,11 +16,12 @@ import os
 import shutil
 import tempfile
 
-# XLA's backend optimisation level 0: the tests compile hundreds of small programs and run each a
-# few times, so compiling fast beats running fast (the suite takes ~30 % less time). Subprocesses
-# the tests start pass the same flag (TEST_XLA_FLAGS).
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {TEST_XLA_FLAGS}")
+from paths import SUBPROCESS_XLA_FLAGS
+
+# XLA's backend optimisation level 0 (paths.SUBPROCESS_XLA_FLAGS, which the tests' subprocesses
+# pass too): the tests compile hundreds of small programs and run each a few times, so compiling
+# fast beats running fast (the suite takes ~30 % less time).
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {SUBPROCESS_XLA_FLAGS}")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 _MADE_HERE = []  # the session folders this process made (the xdist controller); workers inherit them

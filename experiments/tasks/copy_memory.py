@@ -80,14 +80,13 @@ class CopyMemoryTask:
     return EvalSet(batches, size, carry_memory=False)
 
   def batch_sums(self, out, targets) -> dict:
-    """NLL of all positions, NLL of the recall positions, correct recalled digits, positions, sequences."""
+    """NLL of all positions, NLL of the recall positions, correct recalled digits, sequences."""
     recall = slice(-copy_memory.N_COPY, None)
     correct = jnp.argmax(out.logits[:, recall], axis=-1) == targets[:, recall]
     return {
       "nll": jnp.sum(out.nll),
       "recall_nll": jnp.sum(out.nll[:, recall]),
       "correct": jnp.sum(correct).astype(jnp.float32),
-      "positions": jnp.asarray(targets.size, jnp.float32),
       "sequences": jnp.asarray(targets.shape[0], jnp.float32),
     }
 
@@ -95,7 +94,8 @@ class CopyMemoryTask:
     """heldout_loss (mean over all positions), recall_loss (mean over the ten recall positions), digit_accuracy;
     the final results carry the same under test_ names (test_loss is the paper's Table 1 number)."""
     recalled = sums["sequences"] * copy_memory.N_COPY
-    loss, recall, accuracy = sums["nll"] / sums["positions"], sums["recall_nll"] / recalled, sums["correct"] / recalled
+    loss = sums["nll"] / (sums["sequences"] * self.length)
+    recall, accuracy = sums["recall_nll"] / recalled, sums["correct"] / recalled
     if final:
       return {"test_loss": loss, "test_recall_loss": recall, "test_digit_accuracy": accuracy}
     return {"heldout_loss": loss, "recall_loss": recall, "digit_accuracy": accuracy}
