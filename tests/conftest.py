@@ -18,9 +18,10 @@ import tempfile
 
 from paths import SUBPROCESS_XLA_FLAGS
 
-# XLA's backend optimisation level 0 (paths.SUBPROCESS_XLA_FLAGS, which the tests' subprocesses
-# pass too): the tests compile hundreds of small programs and run each a few times, so compiling
-# fast beats running fast (the suite takes ~30 % less time).
+# XLA's backend optimisation level 0 and its older (non-"fusion emitter") CPU code generator
+# (paths.SUBPROCESS_XLA_FLAGS, which the tests' subprocesses pass too): the tests compile hundreds
+# of small programs and run each a few times, so compiling fast beats running fast. Measured on the
+# tiny DEQ training step: 3.9 s to compile by default at level 0, 2.0 s with both flags, the same run time.
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {SUBPROCESS_XLA_FLAGS}")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

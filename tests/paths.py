@@ -6,5 +6,5 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(REPO, "..", "shared")  # DEQ reference dumps and the real WikiText-2 files
 TEST_DATA = os.path.join(REPO, "tests", "data")
 
-# XLA flags of the tests and of the subprocesses they start (one device there; conftest.py says why level 0).
-SUBPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# XLA flags of the tests and of the subprocesses they start (one device there; conftest.py says why).
+SUBPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"

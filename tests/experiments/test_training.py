@@ -1,6 +1,7 @@
 """End-to-end training on the bundled WikiText-2 sample: learning, exact resume, devices, bad inputs."""
 
 import contextlib
+import dataclasses
 import functools
 import io
 import json
@@ -12,6 +13,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from absl import flags
@@ -297,11 +299,18 @@ def test_resume_with_another_seed_or_vocabulary_fails(trained, tmp_path):
 
 
 def _one_update(tfds_dir, step, phase="deq", model=None, **fields):
-  """(parameter updates, metrics) of training step `step` (phase `phase`) of the tiny config with `fields`
-  (and `model` fields)."""
+  """(the negated gradient of training step `step` in phase `phase`, per parameter; its metrics), for the
+  tiny config with `fields` (and `model` fields).
+
+  The update is computed by `train_step` with plain SGD at rate 1 in place of the config's AdamW:
+  Adam's first update is about lr * sign(gradient), so a rounding-level change of a near-zero
+  gradient entry would move it by up to 2 lr; the gradient itself changes only at rounding level
+  when the loss is the same function, and by orders of magnitude more when it is not.
+  """
   config = tiny_config(tfds_dir, pretrain_steps=0, warmup_steps=0, **fields)
   config.model.update(model or {})
   rt, params = trainer.setup(config)
+  rt = dataclasses.replace(rt, optimizer=optax.sgd(1.0))
   before = jax.tree.leaves(params)
   memory = trainer.init_memory(rt, params, config.batch_size)
   x, y = (jax.device_put(a, rt.batch_sharding) for a in OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0))
@@ -314,7 +323,14 @@ def _one_update(tfds_dir, step, phase="deq", model=None, **fields):
 
 
 def _max_difference(a, b) -> float:
-  return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b, strict=True))
+  """max |a - b| over all parameters, relative to max |b| (two programs computing the same float32 gradient: ~2e-7)."""
+  scale = max(float(np.max(np.abs(v))) for v in b)
+  return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b, strict=True)) / scale
+
+
+# Two updates are the same (the same loss function, computed by possibly different programs) below
+# SAME, and differ (a change of the loss function) above DIFFERENT; nothing may fall in between.
+SAME, DIFFERENT = 1e-5, 1e-2
 
 
 def test_jacobian_penalty_enters_the_update(tfds_dir):
@@ -324,18 +340,18 @@ def test_jacobian_penalty_enters_the_update(tfds_dir):
   # Hutchinson estimate of ||df/dz||_F^2 / n: positive, and below the contraction-free bound of
   # a post-LayerNorm cell at initialisation (an exploding estimate would mean a wiring error).
   assert 0.0 < float(metrics["jac_loss"]) < 10.0
-  assert _max_difference(plain, penalised) > 1e-6
+  assert _max_difference(penalised, plain) > DIFFERENT
 
 
 def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
   # Step 3 lies past jac_reg_until_step = 2: the update is that of the constant weight jac_reg_after.
   switched_off, _ = _one_update(tfds_dir, 3, jac_reg=5.0, jac_reg_until_step=2, jac_reg_after=0.0)
   plain, _ = _one_update(tfds_dir, 3, jac_reg=0.0)
-  assert _max_difference(switched_off, plain) < 1e-7
+  assert _max_difference(switched_off, plain) < SAME
   switched_on, _ = _one_update(tfds_dir, 3, jac_reg=0.0, jac_reg_until_step=2, jac_reg_after=5.0)
   constant, _ = _one_update(tfds_dir, 3, jac_reg=5.0)
-  assert _max_difference(switched_on, constant) < 1e-7
-  assert _max_difference(switched_on, plain) > 1e-6
+  assert _max_difference(switched_on, constant) < SAME
+  assert _max_difference(switched_on, plain) > DIFFERENT
   config = tiny_config(tfds_dir, jac_reg=0.5, jac_reg_until_step=100, jac_reg_after=0.05)
   assert [float(schedules.jac_reg_weight(config, s)) for s in (0, 99, 100, 500)] == pytest.approx(
     [0.5, 0.5, 0.05, 0.05]
@@ -359,8 +375,8 @@ def _changes_update(tfds_dir, phase, model=None, **fields) -> bool:
   plain, _ = _plain_update(tfds_dir, phase)
   changed, _ = _one_update(tfds_dir, 0, phase, model, **fields)
   difference = _max_difference(changed, plain)
-  assert difference < 1e-7 or difference > 1e-6, difference  # identical, or clearly not
-  return difference > 1e-6
+  assert difference < SAME or difference > DIFFERENT, difference  # the same function, or clearly not
+  return difference > DIFFERENT
 
 
 def test_pretrain_jacobian_penalty_applies_to_unrolled_steps_only(tfds_dir):
@@ -401,7 +417,7 @@ def test_phantom_backward_in_deq_steps(tfds_dir):
   two, _ = _one_update(tfds_dir, 0, model=dict(backward="phantom", phantom_steps=2))
   damped, _ = _one_update(tfds_dir, 0, model=dict(backward="phantom", phantom_steps=2, phantom_damping=0.5))
   assert float(implicit_metrics["b_steps"]) > 0 and float(metrics["b_steps"]) == 0.0
-  assert min(_max_difference(one, implicit), _max_difference(two, one), _max_difference(damped, two)) > 1e-6
+  assert min(_max_difference(one, implicit), _max_difference(two, one), _max_difference(damped, two)) > DIFFERENT
   assert not _changes_update(tfds_dir, "pretrain", model=dict(backward="phantom"))
   with pytest.raises(ValueError, match=r"Unknown backward='adjoint'"):
     trainer.check_config(tiny_config(tfds_dir, model=dict(backward="adjoint")))
