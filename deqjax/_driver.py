@@ -58,6 +58,8 @@ def fresh_zeros(shape: tuple[int, ...], anchor: jax.Array, element: int = 0) -> 
   the same array should use different `element`s, or XLA merges them into
   one broadcast and copies it.
   """
+  if anchor.size == 0:  # an empty state: nothing to anchor on, and nothing to share
+    return jnp.zeros(shape, anchor.dtype)
   scalar = anchor.reshape(-1)[element]
   zero = (scalar != scalar).astype(anchor.dtype) * 0
   return jnp.broadcast_to(zero, shape)
@@ -66,6 +68,22 @@ def fresh_zeros(shape: tuple[int, ...], anchor: jax.Array, element: int = 0) -> 
 def row_norm(a: jax.Array) -> jax.Array:
   """Euclidean norm of each row of `[batch, n]` -> `[batch]`."""
   return jnp.sqrt(jnp.sum(jnp.square(a), axis=1))
+
+
+def residual_norm(a: jax.Array) -> jax.Array:
+  """`row_norm` that does not overflow for finite rows (the norms the solvers stop on).
+
+  The sum of squares overflows long before the norm does (float32: from entries of about 2e19).
+  A second sum, of the squares of the entries scaled by 2^-(maxexp / 2), is formed in the same
+  pass over `a` and used for the rows where the first is inf: their largest entry is then at least
+  ~2^(maxexp / 2), so the scaled sum is >= ~1 and what the scaling flushes to zero (entries below
+  ~2^(minexp / 2 + maxexp / 2)) is far below its rounding. Other rows keep the plain norm, unchanged;
+  a row holding inf or NaN stays non-finite.
+  """
+  factor = 2.0 ** -(jnp.finfo(a.dtype).maxexp // 2)
+  squares = jnp.sum(jnp.square(a), axis=1)
+  scaled = jnp.sum(jnp.square(a * jnp.asarray(factor, a.dtype)), axis=1)
+  return jnp.where(jnp.isinf(squares), jnp.sqrt(scaled) / jnp.asarray(factor, a.dtype), jnp.sqrt(squares))
 
 
 class _Carry(NamedTuple):
@@ -114,7 +132,7 @@ def solve(
   """
   batch = z0.shape[0]
   g0, scale0 = residual_fn(z0)
-  residual0 = row_norm(g0)
+  residual0 = residual_norm(g0)
   status0 = _classify(residual0, scale0, residual0, tol, rtol, divergence_ratio)
   solver_state = solver.init(z0, g0, max_iter)
   trace0 = jnp.full((batch, max_iter + 1), -1.0, residual0.dtype).at[:, 0].set(residual0)
@@ -130,9 +148,11 @@ def solve(
     g, scale = residual_fn(z)
     # A frozen row keeps its residual even if f mixes rows (e.g. batch statistics).
     g = jnp.where(active_col, g, c.g)
-    residual = row_norm(g)
-    improved = active & (residual < c.best_residual)
+    residual = residual_norm(g)
     status = jnp.where(active, _classify(residual, scale, residual0, tol, rtol, divergence_ratio), c.status)
+    # The returned iterate is the lowest-residual one, or the one that converged (the status
+    # then describes the iterate returned, even where an earlier one had a lower residual).
+    improved = active & ((residual < c.best_residual) | (status == Status.CONVERGED))
     still_active = status == RUNNING
     solver_state = solver.update(c.solver_state, z, g, step, g - c.g, still_active)
     return _Carry(

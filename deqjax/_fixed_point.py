@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from deqjax import _validation as checks
-from deqjax._driver import Solver, row_norm, solve
+from deqjax._driver import Solver, residual_norm, solve
 from deqjax._flat import FlatSpec, make_spec
 from deqjax._info import BackwardStats, SolveInfo, Status, backward_probe, stats_from_info
 
@@ -34,6 +35,25 @@ class _SolveOptions:
       rtol=checks.check_tolerance(rtol, f"{prefix}rtol"),
       divergence_ratio=_check_divergence_ratio(divergence_ratio),
     )
+
+  def check_memory(self, spec: FlatSpec, limit: int | None, name: str) -> None:
+    """ValueError when the solver's memory for this state would exceed `limit` bytes (None: no limit).
+
+    The memory is that of `solver.init`'s state (e.g. Broyden's 2 x history x batch x n buffers),
+    found by abstract evaluation: nothing is allocated or compiled.
+    """
+    if limit is None:
+      return
+    work = jax.ShapeDtypeStruct((spec.batch_size, spec.n), spec.work_dtype)
+    state = jax.eval_shape(lambda z, g: self.solver.init(z, g, self.max_iter), work, work)
+    size = sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(state))
+    if size > limit:
+      raise ValueError(
+        f"The {name.rstrip('_') or 'forward'} solver's buffers would take {_bytes(size)} ({type(self.solver).__name__},"
+        f" {name}max_iter={self.max_iter}, state [{spec.batch_size}, {spec.n}] {jnp.dtype(spec.work_dtype).name}),"
+        f" over max_buffer_bytes={limit} ({_bytes(limit)}). Lower {name}max_iter, keep fewer updates"
+        " (e.g. solver=deqjax.Broyden(history=...)), or raise max_buffer_bytes (None: no limit)."
+      )
 
   def run(self, residual_fn, z0_flat):
     return solve(
@@ -69,7 +89,7 @@ def _fixed_point_residual(fn, params, x, consts, spec: FlatSpec):
 
   def residual_fn(z_flat):
     fz = spec.flatten(fn(params, spec.unflatten(z_flat), x, *consts))
-    return fz - z_flat, row_norm(fz)
+    return fz - z_flat, residual_norm(fz)
 
   return residual_fn
 
@@ -113,9 +133,14 @@ def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
   def residual_fn(w_flat):
     w_jac = vjp_f(spec.unflatten(w_flat))[1]  # the other cotangents are dead code inside the loop
     h = spec.flatten(w_jac) + z_bar_flat
-    return h - w_flat, row_norm(h)
+    return h - w_flat, residual_norm(h)
 
   w_flat, info = options.backward_solve.run(residual_fn, z_bar_flat)
+  # An adjoint that diverged or turned non-finite is no gradient at all: its rows become NaN
+  # (so are the parameter gradients they enter), where returning its best iterate would be a
+  # finite, wrong gradient. A solve that only reached its cap keeps its (inexact) result.
+  failed = (info.status == Status.DIVERGED) | (info.status == Status.NONFINITE)
+  w_flat = jnp.where(failed[:, None], jnp.nan, w_flat)
   params_bar, _, x_bar, consts_bar = vjp_f(spec.unflatten(w_flat))
   return params_bar, x_bar, consts_bar, stats_from_info(info)
 
@@ -177,6 +202,7 @@ def fixed_point(
   phantom_steps: int = 1,
   phantom_damping: float = 1.0,
   backward_probe: BackwardStats | None = None,
+  max_buffer_bytes: int | None = 2**34,
 ) -> tuple[Any, SolveInfo]:
   r"""Finds z* = f(params, z*, x) and differentiates it implicitly.
 
@@ -222,6 +248,9 @@ def fixed_point(
     phantom_damping: damping lam in (0, 1] of the phantom steps.
     backward_probe: optional `deqjax.backward_probe(...)`; the gradient with
       respect to it is the `BackwardStats` of the backward pass.
+    max_buffer_bytes: the most memory a solver's state may take (16 GiB by
+      default; None: no limit); a larger one (e.g. Broyden's 2 x max_iter x
+      batch x n buffers with a huge cap) is a ValueError before compiling.
 
   Returns:
     `(z_star, info)`: the equilibrium, shaped like `z0`, and a `SolveInfo`
@@ -261,6 +290,9 @@ def fixed_point(
         )
     z0 = jax.tree.map(jnp.zeros_like, x)
   spec = make_spec(z0, batch_axis, "z0")
+  forward.check_memory(spec, _check_limit(max_buffer_bytes), "")
+  if backward == "implicit":
+    backward_solve.check_memory(spec, max_buffer_bytes, "backward_")
   checks.check_same_structure(jax.eval_shape(f, params, z0, x), z0, "f(params, z, x)", "z0")
   checks.reject_forward_mode(params, x, z0)
 
@@ -270,6 +302,16 @@ def fixed_point(
   options = _Options(forward, backward, backward_solve, phantom_steps, float(phantom_damping), spec)
   z_star, info = _equilibrium(fn, options, params, x, z0, consts, probe)
   return z_star, _squeeze_info(info, batch_axis)
+
+
+def _bytes(size: int) -> str:
+  return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size:,} bytes"
+
+
+def _check_limit(value) -> int | None:
+  if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+    raise ValueError(f"max_buffer_bytes must be None (no limit) or an int >= 1; got max_buffer_bytes={value!r}.")
+  return value
 
 
 def _check_divergence_ratio(value) -> float:
@@ -303,6 +345,7 @@ def root_find(
   rtol: float = 1e-4,
   batch_axis: int | None = None,
   divergence_ratio: float = 1e6,
+  max_buffer_bytes: int | None = 2**34,
 ) -> tuple[Any, SolveInfo]:
   """Finds z with g(z) = 0 using the fixed-point solvers (no custom gradient).
 
@@ -315,8 +358,8 @@ def root_find(
   Args:
     g: `g(z) -> residual` with the structure, shapes and dtypes of `z`.
     z0: initial guess (pytree of floating arrays).
-    solver, max_iter, tol, rtol, batch_axis, divergence_ratio: as for
-      `fixed_point`.
+    solver, max_iter, tol, rtol, batch_axis, divergence_ratio,
+      max_buffer_bytes: as for `fixed_point`.
 
   Returns:
     `(z, info)`: the lowest-residual iterate and its `SolveInfo`.
@@ -324,11 +367,12 @@ def root_find(
   options = _SolveOptions.checked(solver, max_iter, tol, rtol, divergence_ratio)
   batch_axis = checks.check_batch_axis(batch_axis)
   spec = make_spec(z0, batch_axis, "z0")
+  options.check_memory(spec, _check_limit(max_buffer_bytes), "")
   checks.check_same_structure(jax.eval_shape(g, z0), z0, "g(z)", "z0")
 
   def residual_fn(z_flat):
     gz = spec.flatten(g(spec.unflatten(z_flat)))
-    return gz, row_norm(z_flat + gz)
+    return gz, residual_norm(z_flat + gz)
 
   z_flat, info = options.run(residual_fn, spec.flatten(z0))
   return spec.unflatten(z_flat), _squeeze_info(info, batch_axis)

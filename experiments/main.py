@@ -12,16 +12,14 @@ task's test result at full precision: `test_ppl=<float>` (WikiText) or `test_los
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
+import traceback
 
-import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-from experiments import trainer
-from experiments.tasks import task_class
 
 FLAGS = flags.FLAGS
 
@@ -36,31 +34,64 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
   flags.mark_flags_as_required(["config", "workdir"])
+  flags.register_validator("workdir", lambda value: value is None or bool(value.strip()), "must name a folder.")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing; an override `--config.<path>=...` of a field the config lacks exits naming it.
+  """absl's flag parsing, with one-line errors for what it would answer with a traceback.
 
-  ml_collections reports that case as a bare AttributeError (or KeyError) carrying only one key;
-  this names the whole override and the fields the config does have at that level.
+  A missing or broken `--config` file is named. An override `--config.<path>=...` of a field the
+  config lacks (a bare AttributeError or KeyError carrying one key, from ml_collections) is named
+  in full, with the fields the config does have at that level.
   """
+  spec = _config_spec(argv)
+  if spec is not None and not os.path.isfile(spec.partition(":")[0]):
+    _fatal(f"--config={spec}: no such file (looked from {os.getcwd()})")
   try:
-    return app.parse_flags_with_usage(argv)  # absl's own: flag errors print and exit 1
-  except (AttributeError, KeyError):
-    config = _config_named_in(argv)
-    paths = [arg[len("--config.") :].split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
-    for path in paths if config is not None else []:
-      prefix, fields = _first_missing(config, path)
-      if fields is not None:
-        there = f"the fields there are {fields}" if fields else f"{prefix.rpartition('.')[0]!r} is a value, not a group"
-        sys.stderr.write(f"FATAL Flags parsing error: --config.{path}: the config has no field {prefix!r}; {there}.\n")
-        sys.exit(1)
+    remaining = app.parse_flags_with_usage(argv)  # absl's own: flag errors print and exit 1
+    FLAGS.config.keys()  # absl defers loading the file when nothing overrides it: a broken one fails here
+  except Exception as error:  # noqa: BLE001 - named below, or raised as it was
+    if isinstance(error, (AttributeError, KeyError)):
+      _name_missing_field(argv, spec)
+    _name_config_error(error, spec)
     raise
+  return remaining
 
 
-def _config_named_in(argv: list[str]):
-  """The ConfigDict of the `--config=<file>[:<argument>]` in argv (None if there is none)."""
-  spec = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), None)
+def _name_missing_field(argv: list[str], spec: str | None) -> None:
+  """Exits naming the first `--config.<path>` override whose field the config lacks (returns if none)."""
+  config = _config_named_in(spec)
+  paths = [arg[len("--config.") :].split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
+  for path in paths if config is not None else []:
+    prefix, fields = _first_missing(config, path)
+    if fields is not None:
+      there = f"the fields there are {fields}" if fields else f"{prefix.rpartition('.')[0]!r} is a value, not a group"
+      _fatal(f"--config.{path}: the config has no field {prefix!r}; {there}.")
+
+
+def _name_config_error(error: Exception, spec: str | None) -> None:
+  """Exits naming the config file and its line when `error` was raised in it (returns otherwise)."""
+  path = os.path.abspath(spec.partition(":")[0]) if spec else None
+  cause = error.__cause__ or error.__context__ or error
+  frames = [f for e in (error, cause) for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+  if frames:
+    where = f"line {frames[-1].lineno}: {frames[-1].line}"
+    _fatal(f"--config={spec}: {type(cause).__name__}: {' '.join(str(cause).split())} ({where})")
+
+
+def _fatal(message: str) -> None:
+  sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+  sys.exit(1)
+
+
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of the last `--config=<file>[:<argument>]` in argv (absl's too), or None."""
+  specs = [arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("--config=")]
+  return specs[-1] if specs else None
+
+
+def _config_named_in(spec: str | None):
+  """The ConfigDict of a `--config` value `<file>[:<argument>]` (None if there is none)."""
   if spec is None:
     return None
   path, _, argument = spec.partition(":")
@@ -80,6 +111,12 @@ def _first_missing(config, path: str):
 
 
 def main(argv):
+  # Imported here, not at the top: flag and config-file errors are reported without loading JAX.
+  import jax
+
+  from experiments import trainer
+  from experiments.tasks import task_class
+
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
@@ -97,7 +134,7 @@ def main(argv):
         return
     else:
       results = trainer.evaluate(FLAGS.config, FLAGS.workdir)
-  except (trainer.NonFiniteError, FileNotFoundError, ValueError) as error:
+  except (trainer.NonFiniteError, trainer.WorkdirBusy, FileNotFoundError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
     sys.exit(1)
   if jax.process_index() == 0:

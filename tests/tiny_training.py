@@ -13,6 +13,11 @@ from experiments.configs import default
 TINY = dict(batch_size=8, tgt_len=16, eval_batch_size=4, eval_tgt_len=32, eval_max_segments=4)
 TINY_MODEL = dict(d_model=32, n_head=2, d_inner=64, mem_len=16, max_iter=8, backward_max_iter=8)
 TEST_LINES = 60
+# The run made once per session and shared by the tests that inspect it (tests/experiments/conftest.py).
+SHARED_RUN = dict(
+  num_train_steps=50, pretrain_steps=20, log_every_steps=10, eval_every_steps=0,
+  jac_reg=0.5, jac_reg_until_step=40, jac_reg_after=0.0, checkpoint_every_steps=25,
+)  # fmt: skip
 
 
 def tiny_text(tfds_dir) -> str:
@@ -39,3 +44,10 @@ def tiny_config(tfds_dir, model=None, **overrides):
   if "data" not in overrides:
     config.data.manual_dir = tiny_text(tfds_dir)
   return config
+
+
+def copy_workdir(workdir, tmp_path) -> pathlib.Path:
+  """A private copy of a (shared) run's workdir under `tmp_path`, for tests that resume, lock or damage it."""
+  target = pathlib.Path(tmp_path) / "workdir"
+  shutil.copytree(workdir, target, ignore=shutil.ignore_patterns("lock"))
+  return target

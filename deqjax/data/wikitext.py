@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import os
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -110,6 +111,7 @@ class Wikitext(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     paths = find_files(dl_manager.manual_dir, self.builder_config)
+    self.info.metadata["source"] = source_identity(dl_manager.manual_dir, paths)
     vocab = build_vocab(_read_lines(paths["train"]))
     self.info.metadata["vocab"] = vocab
     index = {word: i for i, word in enumerate(vocab)}
@@ -151,13 +153,58 @@ def find_files(manual_dir, config: WikitextConfig) -> dict:
 
 
 def _read_lines(path) -> Iterator[str]:
-  if isinstance(path, _ZipMember):
-    with zipfile.ZipFile(path.archive) as archive, archive.open(path.member) as f:
-      for raw in f:
-        yield raw.decode("utf-8")
-  else:
-    with open(path, encoding="utf-8") as f:
-      yield from f
+  """The lines of a tokens file (or zip member); a file that is not UTF-8 text is named in the error."""
+  try:
+    if isinstance(path, _ZipMember):
+      with zipfile.ZipFile(path.archive) as archive, archive.open(path.member) as f:
+        for raw in f:
+          yield raw.decode("utf-8")
+    else:
+      with open(path, encoding="utf-8") as f:
+        yield from f
+  except UnicodeDecodeError as error:
+    where = f"{path.archive}:{path.member}" if isinstance(path, _ZipMember) else path
+    raise ValueError(
+      f"{where} is not UTF-8 text (byte {error.object[error.start : error.start + 1]!r} near offset {error.start});"
+      " it must be a WikiText tokens file."
+    ) from None
+
+
+def source_identity(manual_dir, paths: dict) -> dict:
+  """Where a prepared dataset came from: the folder, and each split file's name, size and SHA-256."""
+  files = {}
+  for split, path in sorted(paths.items()):
+    file = path.archive if isinstance(path, _ZipMember) else path
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+      for block in iter(lambda: f.read(1 << 22), b""):
+        digest.update(block)
+    name = f"{os.path.basename(file)}:{path.member}" if isinstance(path, _ZipMember) else os.path.basename(file)
+    files[split] = {"file": name, "bytes": os.path.getsize(file), "sha256": digest.hexdigest()}
+  return {"manual_dir": os.path.abspath(os.fspath(manual_dir)), "files": files}
+
+
+def check_source(name: str, prepared: dict | None, manual_dir: str, data_dir: str, builder_config) -> None:
+  """Refuses to serve a prepared dataset whose source files are not those in `manual_dir` (or are missing)."""
+  where = f"data_dir={data_dir!r} holds wikitext/{name}"
+  if prepared is None:
+    print(f"Note: {where} prepared without a record of its source files; it cannot be checked against manual_dir.")
+    return
+  origin = f"{where}, prepared from {prepared['manual_dir']}"
+  fix = f"Point manual_dir at those files, use another data_dir, or delete {data_dir}/wikitext/{name} to prepare again."
+  if not os.path.isdir(manual_dir):
+    raise FileNotFoundError(f"manual_dir={manual_dir!r} is not a directory, and {origin}. {fix}")
+  now = source_identity(manual_dir, find_files(manual_dir, builder_config))
+  brief = lambda f: f"{f['file']}, {f['bytes']:,} bytes, sha256 {f['sha256'][:12]}" if f else "nothing"
+  differing = [
+    f"{split}: {brief(prepared['files'].get(split))} there; {brief(now['files'][split])} in manual_dir"
+    for split in sorted(now["files"])
+    if prepared["files"].get(split) != now["files"][split]
+  ]
+  if differing:
+    raise ValueError(
+      f"manual_dir={manual_dir!r} does not hold the files {origin}:\n  " + "\n  ".join(differing) + f"\n{fix}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +239,9 @@ def load_wikitext(name: str, manual_dir: str, data_dir: str | None = None) -> Wi
       raise FileNotFoundError(f"manual_dir={manual_dir!r} is not a directory; it must hold the WikiText files.")
     find_files(manual_dir, builder.builder_config)  # names the missing files before TFDS starts
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  else:
+    prepared = builder.info.metadata.get("source")
+    check_source(name, prepared, manual_dir, str(builder.data_dir_root), builder.builder_config)
   vocab = tuple(builder.info.metadata["vocab"])
   splits = {}
   for split in SPLITS:

@@ -21,7 +21,7 @@ from deqjax.models.output import ModelOutput
 from deqjax.models.sequence import classifier_output
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs, check_tie_projs
 from deqjax.nn.attention import sinusoid_positions
-from deqjax.nn.deq_layer import DEQSettings, cell_output, join_sub_sequences, sub_sequences
+from deqjax.nn.deq_layer import DEQSettings, cell_output, check_int, join_sub_sequences, sub_sequences
 from deqjax.nn.dropout import apply_mask, position_mask, variational_mask
 from deqjax.nn.transformer_cell import DEQTransformerCell, cell_masks, slide_memory
 
@@ -65,6 +65,14 @@ class DEQTransformerConfig(DEQSettings):
   tie_projs: tuple[bool, ...] | None = None
 
   def __post_init__(self):
+    super().__post_init__()
+    for name in ("d_model", "n_head", "d_inner", "div_val"):
+      check_int(name, getattr(self, name), low=1)
+    for name in ("n_token", "mem_len"):  # n_token 0: set from the data by the experiments
+      check_int(name, getattr(self, name), low=0)
+    for name in ("d_head", "d_embed"):
+      if getattr(self, name) is not None:
+        check_int(name, getattr(self, name), low=1)
     if self.d_head is None:
       if self.d_model % self.n_head:
         raise ValueError(
@@ -236,6 +244,7 @@ class DEQTransformerClassifierConfig(DEQSettings):
   dropout: float = 0.0
 
   def __post_init__(self):
+    super().__post_init__()
     as_lm = DEQTransformerConfig(
       n_token=self.n_token, d_model=self.d_model, n_head=self.n_head, d_inner=self.d_inner, d_head=self.d_head,
       dropout=self.dropout,

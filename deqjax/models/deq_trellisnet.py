@@ -16,7 +16,7 @@ from flax import nnx
 
 from deqjax.models.output import ModelOutput
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs
-from deqjax.nn.deq_layer import DEQSettings, cell_output, join_sub_sequences, sub_sequences
+from deqjax.nn.deq_layer import DEQSettings, cell_output, check_int, join_sub_sequences, sub_sequences
 from deqjax.nn.dropout import apply_mask, variational_mask
 from deqjax.nn.trellisnet_cell import DEQTrellisNetCell
 
@@ -51,6 +51,10 @@ class DEQTrellisNetConfig(DEQSettings):
   pretrain_depth: int = dataclasses.field(default=40, kw_only=True)
 
   def __post_init__(self):
+    super().__post_init__()
+    for name in ("d_embed", "nhid", "nout"):
+      check_int(name, getattr(self, name), low=1)
+    check_int("n_token", self.n_token, low=0)  # 0: set from the data by the experiments
     if self.tie_weights and self.nout != self.d_embed:
       raise ValueError(f"nout={self.nout} must equal d_embed={self.d_embed}: the decoder is tied to the embedding.")
     for name in ("kernel_size", "dilation"):

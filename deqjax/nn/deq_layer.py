@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from deqjax import Broyden, SolveInfo, fixed_point, jacobian_frobenius_sq
+from deqjax import Broyden, SolveInfo, check_backward_options, fixed_point, jacobian_frobenius_sq
 
 
 def solve_cell(
@@ -68,6 +68,12 @@ def _check_settle_iters(settle_iters, unroll_depth) -> bool:
   return no_settling
 
 
+def check_int(name: str, value, low: int) -> None:
+  """ValueError naming `name` unless `value` is an int >= `low` (config dataclasses check their fields with it)."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise ValueError(f"{name} must be an int >= {low}; got {name}={value!r}.")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DEQSettings:
   """The solver settings of the DEQ models (a base of their config dataclasses).
@@ -102,6 +108,21 @@ class DEQSettings:
   pretrain_depth: int = 2
   feed_fz: bool = True
   subseq_len: int = 0
+
+  def __post_init__(self):
+    """Checks the solver settings when the config is made (not at the first solve), naming each field."""
+    for name in ("max_iter", "backward_max_iter", "pretrain_depth", "phantom_steps"):
+      check_int(name, getattr(self, name), low=1)
+    check_int("subseq_len", self.subseq_len, low=0)
+    if self.broyden_history is not None:
+      check_int("broyden_history", self.broyden_history, low=1)
+    for name in ("rtol", "backward_rtol"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0; got {name}={value!r}.")
+    if not isinstance(self.feed_fz, bool):
+      raise ValueError(f"feed_fz must be a bool; got feed_fz={self.feed_fz!r}.")
+    check_backward_options(self.backward, self.phantom_steps, self.phantom_damping)
 
   def solver_options(self, **overrides) -> dict:
     """`fixed_point` options: per-sample Broyden with relative tolerances, overridable per call."""

@@ -37,12 +37,18 @@ from deqjax.models import from_reference, reference_hparams, to_reference
 from deqjax.models.reference import kind_of
 from deqjax.models.reference_files import HPARAMS_KEY, checked_hparams, read_checkpoint
 from experiments import trainer
+from experiments.trainer.workdir import exclusive
 
 FLAGS = flags.FLAGS
 
 
 def import_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, workdir: str, hparams_file: str = "") -> int:
-  """Writes `checkpoint` as the workdir's checkpoint of `config`; returns its step."""
+  """Writes `checkpoint` as the workdir's checkpoint of `config` (holding the workdir's lock); returns its step."""
+  with exclusive(workdir):
+    return _import_checkpoint(config, checkpoint, workdir, hparams_file)
+
+
+def _import_checkpoint(config, checkpoint: str, workdir: str, hparams_file: str) -> int:
   manager = trainer.checkpoint_manager(workdir, config.keep_checkpoints)
   if manager.latest_step() is not None:
     raise ValueError(
@@ -107,7 +113,7 @@ def main(argv):
       print(f"Wrote {FLAGS.export}.", flush=True)
       return
     step = import_checkpoint(FLAGS.config, FLAGS.checkpoint, FLAGS.workdir, FLAGS.hparams)
-  except (FileNotFoundError, ValueError) as error:
+  except (FileNotFoundError, ValueError, trainer.WorkdirBusy) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
     sys.exit(1)
   print(f"Wrote the checkpoint of step {step} to {os.path.join(FLAGS.workdir, 'checkpoints')}.", flush=True)

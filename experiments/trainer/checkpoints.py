@@ -1,22 +1,49 @@
-"""Checkpoints: parameters, optimizer state and memory (orbax), and the loop's counters as JSON."""
+"""Checkpoints: parameters, optimizer state and memory (orbax), and the loop's counters and config as JSON.
+
+Resuming reads the newest checkpoint that restores; one that does not (a truncated file, a missing
+part, garbage metadata) is moved aside with one line saying why, never deleted, and the one
+before it is read. A checkpoint made with settings that shape the model or the training state
+(architecture, batch size, memory length, dtype) is refused with the differing fields listed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import math
 import os
+import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from deqjax.nn.deq_layer import DEQSettings
 from experiments.trainer.runtime import Runtime
 from experiments.trainer.schedules import dropout_base_key
 
+INVALID_DIR = "invalid_checkpoints"  # beside checkpoints/: unreadable checkpoints, moved aside
 
-def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+
+class ResumeMismatch(ValueError):
+  """The checkpoint belongs to another run (seed, data, or settings that shape the state)."""
+
+
+# Fields of config.model that may differ on resume: how the equilibrium is solved and differentiated
+# (the weights and the training state do not depend on them), and dropout rates.
+SOLVER_FIELDS = frozenset(f.name for f in dataclasses.fields(DEQSettings)) - {"pretrain_depth", "feed_fz"}
+# Top-level fields that shape the training state (memory rows, parameter and optimizer dtypes).
+TRAINING_STATE_FIELDS = ("batch_size", "dtype")
+
+
+def checkpoint_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
+  """The manager of `<workdir>/checkpoints`, keeping the newest `keep` (>= 1) checkpoints."""
+  if keep < 1:
+    raise ValueError(f"keep_checkpoints must be >= 1 (the newest checkpoint is the run); got {keep}.")
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
@@ -38,6 +65,7 @@ def save_checkpoint(manager, rt: Runtime, progress: Progress, params, opt_state,
     "rng_key_data": np.asarray(jax.random.key_data(dropout_base_key(rt.config))).tolist(),
     "task": rt.task.identity(),
     "memory": [[list(leaf.shape), str(leaf.dtype)] for leaf in leaves],
+    "config": rt.config.to_dict(),
   }
   # Empty leaves (a memory of length 0) cannot be stored by orbax; their shapes in `meta` rebuild them.
   state = {"params": params, "opt_state": opt_state, "memory": [leaf for leaf in leaves if leaf.size]}
@@ -45,18 +73,39 @@ def save_checkpoint(manager, rt: Runtime, progress: Progress, params, opt_state,
   manager.wait_until_finished()
 
 
-def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: int | None = None):
-  """(progress, params, opt_state, memory) of the latest (or given) checkpoint."""
+def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: int | None = None, training=True):
+  """(progress, params, opt_state, memory) of the latest (or given) checkpoint.
+
+  `training` False (evaluation): the batch size, memory length and dtype may differ from the run's.
+  Raises ResumeMismatch for another run's checkpoint; other errors mean the checkpoint is unreadable.
+  """
   step = manager.latest_step() if step is None else step
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  rt.task.check_identity(meta["task"], step)
+  where = f"The checkpoint at step {step} ({manager.directory / str(step)})"
+  try:
+    rt.task.check_identity(meta["task"], step)
+  except ValueError as error:
+    raise ResumeMismatch(str(error)) from None
   key_data = np.asarray(jax.random.key_data(dropout_base_key(rt.config))).tolist()
   if meta["rng_key_data"] != key_data:
-    raise ValueError(
-      f"The checkpoint at step {step} was trained with another seed (its dropout key data {meta['rng_key_data']},"
+    raise ResumeMismatch(
+      f"{where} was trained with another seed (its dropout key data {meta['rng_key_data']},"
       f" now {key_data} from seed={rt.config.seed}); resuming would not continue the same run. Use its seed."
     )
-  as_target = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+  if "config" in meta:  # checkpoints written before the config was saved skip this check
+    differing = state_mismatches(meta["config"], rt.config.to_dict(), training)
+    if differing:
+      allowed = "" if not training else " (--mode=eval may change batch_size, model.mem_len and dtype)"
+      raise ResumeMismatch(
+        f"{where} was made with other settings that shape the model or its training state{allowed}:\n"
+        + "\n".join(f"  config.{path}: {there!r} in the checkpoint, {now!r} now" for path, there, now in differing)
+        + "\nUse the checkpoint's values, or another --workdir."
+      )
+    changed = [f"{p} {a!r} -> {b!r}" for p, a, b in _differences(meta["config"], rt.config.to_dict()) if _is_setting(p)]
+    if changed and training:
+      print(f"Resuming with changed settings: {', '.join(changed)}.", flush=True)
+  # Parameters and optimizer state are replicated over the mesh, whatever sharding orbax would pick.
+  as_target = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rt.replicated), tree)
   shapes = [(tuple(shape), jnp.dtype(dtype)) for shape, dtype in meta["memory"]]
   memory_target = [jax.ShapeDtypeStruct(*sd, sharding=rt.batch_sharding) for sd in shapes if math.prod(sd[0])]
   target = {"params": as_target(params), "opt_state": as_target(opt_state), "memory": memory_target}
@@ -68,3 +117,106 @@ def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: in
   memory = jax.tree.unflatten(jax.tree.structure(memory), leaves)
   progress = Progress(**{f.name: meta[f.name] for f in dataclasses.fields(Progress)})
   return progress, state["params"], state["opt_state"], memory
+
+
+def restore_newest_valid(manager, rt: Runtime, params, opt_state, memory, training=True):
+  """`restore_checkpoint` of the newest checkpoint that restores, or None if there is none.
+
+  An unreadable checkpoint is reported in one line and, when `training`, moved to
+  `<workdir>/invalid_checkpoints/` (so that retention never counts it and it is never overwritten).
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    with _quiet_abandoned_reads():
+      try:
+        return restore_checkpoint(manager, rt, params, opt_state, memory, step, training)
+      except ResumeMismatch:
+        raise
+      except Exception as error:  # noqa: BLE001 - any failure to read it makes the checkpoint unusable
+        reason = " ".join(f"{type(error).__name__}: {error}".split()).split(" See full TensorStore details")[0]
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+    source = os.path.join(str(manager.directory), str(step))
+    if training:
+      target = _free_path(os.path.join(os.path.dirname(str(manager.directory)), INVALID_DIR, str(step)))
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(source, target)
+      manager.reload()
+      print(f"Skipped the checkpoint at step {step}: it cannot be read ({reason}); moved it to {target}.", flush=True)
+    else:
+      print(f"Skipped the checkpoint at step {step} ({source}): it cannot be read ({reason}).", flush=True)
+  return None
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+  """Silences what orbax's abandoned reads print when collected.
+
+  A failed restore leaves orbax's other concurrent array reads as coroutines that raise when
+  Python collects them, each printed as "Exception ignored in ..." with a full TensorStore spec
+  (hundreds of lines for one bad file). They repeat the error already reported in one line.
+  """
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
+
+
+def _free_path(path: str) -> str:
+  candidate, n = path, 1
+  while os.path.exists(candidate):
+    candidate, n = f"{path}.{n}", n + 1
+  return candidate
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def _differences(saved: dict, now: dict) -> list[tuple[str, object, object]]:
+  a, b = _flatten(saved), _flatten(now)
+  pairs = [(p, a.get(p, "(absent)"), b.get(p, "(absent)")) for p in sorted(set(a) | set(b))]
+  return [(p, there, now) for p, there, now in pairs if there != now]
+
+
+def _positive(value) -> bool:
+  return isinstance(value, (int, float)) and value > 0
+
+
+def _is_setting(path: str) -> bool:
+  """Whether a field may change on resume without the checkpoint's state ceasing to fit."""
+  if path in ("model_name", "execution", *TRAINING_STATE_FIELDS) or path == "grad_clip_ratio":
+    return False
+  if path.startswith("model."):
+    name = path.split(".", 1)[1]
+    return name in SOLVER_FIELDS or name.startswith("dropout")
+  return True
+
+
+def state_mismatches(saved: dict, now: dict, training: bool) -> list[tuple[str, object, object]]:
+  """(config path, checkpoint's value, current value) of each field whose change the checkpoint cannot follow.
+
+  Training: the architecture (model_name, execution, every model field but the solver's settings
+  and dropout), batch_size, dtype, and whether grad_clip_ratio is on (it adds optimizer state).
+  Evaluation: the architecture only, less model.mem_len (evaluation has eval_mem_len).
+  """
+  differing = []
+  for path, there, now_value in _differences(saved, now):
+    if path == "grad_clip_ratio":
+      switched = _positive(there) != _positive(now_value)  # on <-> off adds or removes optimizer state
+      if training and switched:
+        differing.append((path, there, now_value))
+      continue
+    if _is_setting(path):
+      continue
+    if not training and (path in TRAINING_STATE_FIELDS or path == "model.mem_len"):
+      continue
+    differing.append((path, there, now_value))
+  return differing

@@ -7,6 +7,7 @@ killed at any moment and restarted ends with the same parameters.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import time
 
@@ -14,22 +15,31 @@ import jax
 import ml_collections
 from flax import nnx
 
-from experiments.trainer.checkpoints import Progress, checkpoint_manager, restore_checkpoint, save_checkpoint
+from experiments.trainer.checkpoints import Progress, checkpoint_manager, restore_newest_valid, save_checkpoint
 from experiments.trainer.metrics import MetricsWriter, StepMetrics
 from experiments.trainer.runtime import Runtime, setup, to_global
 from experiments.trainer.schedules import phase_at, uses_jac_reg
 from experiments.trainer.steps import evaluate_task, init_memory, train_step
+from experiments.trainer.workdir import exclusive
 
 
 class NonFiniteError(RuntimeError):
   """Too many consecutive steps with a non-finite loss or gradient."""
 
 
+class Terminated(Exception):
+  """SIGTERM arrived during the final evaluation (training itself was complete and saved)."""
+
+
 class SigtermFlag:
-  """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
+  """Turns SIGTERM into a flag the loop checks between steps (main thread only).
+
+  After `interrupt()`, a SIGTERM raises Terminated instead, to stop an evaluation at once.
+  """
 
   def __init__(self):
     self.raised = False
+    self.interrupting = False
     self._previous = None
 
   def __enter__(self):
@@ -39,9 +49,14 @@ class SigtermFlag:
       self._previous = None
     return self
 
+  def interrupt(self) -> None:
+    self.interrupting = True
+
   def _handle(self, signum, frame):
     del signum, frame
     self.raised = True
+    if self.interrupting:
+      raise Terminated
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -56,16 +71,25 @@ def over_budget(config, progress: Progress) -> bool:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Trains (resuming from `workdir`), validates every eval_every_steps, returns the task's test results.
 
-  Returns None when SIGTERM stopped the run (after saving a checkpoint).
+  The workdir is locked for the run (a second run on it is refused). Returns None when SIGTERM
+  stopped the run (after saving a checkpoint).
   """
-  rt, params = setup(config)
+  rt, params = setup(config)  # the whole config is checked before the workdir is touched
+  if jax.process_index() != 0:  # one lock per workdir: process 0 holds it for all
+    return _train_and_evaluate(rt, params, workdir)
+  with exclusive(workdir):
+    return _train_and_evaluate(rt, params, workdir)
+
+
+def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
   c = rt.config
-  opt_state = jax.jit(rt.optimizer.init)(params)
+  opt_state = jax.jit(rt.optimizer.init, out_shardings=rt.replicated)(params)
   memory = init_memory(rt, params, c.batch_size)
   manager = checkpoint_manager(workdir, c.keep_checkpoints)
   progress = Progress()
-  if manager.latest_step() is not None:
-    progress, params, opt_state, memory = restore_checkpoint(manager, rt, params, opt_state, memory)
+  restored = restore_newest_valid(manager, rt, params, opt_state, memory)
+  if restored is not None:
+    progress, params, opt_state, memory = restored
     print(f"Resumed from {manager.directory} at step {progress.step}.", flush=True)
   writer = MetricsWriter(workdir, c.num_train_steps, rt.task.tokens_per_step, start_step=progress.step)
   consecutive = 0
@@ -106,7 +130,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         print(f"SIGTERM: saved the checkpoint at step {step} and stopped.", flush=True)
         writer.close()
         return None
-  results = evaluate_task(rt, params, phase_at(c, max(progress.step - 1, 0)), final=True)
+    try:
+      sigterm.interrupt()
+      if sigterm.raised:  # arrived after the last step's check
+        raise Terminated
+      results = evaluate_task(rt, params, phase_at(c, max(progress.step - 1, 0)), final=True)
+    except Terminated:
+      print(
+        f"SIGTERM during the final test: training is complete and saved at step {progress.step}; run the same"
+        " command again to test it (or --mode=eval).",
+        flush=True,
+      )
+      writer.close()
+      return None
   writer.scalars(progress.step, {**results, "train_seconds": progress.train_seconds})
   writer.close()
   return results
@@ -117,11 +153,15 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str) -> tuple[Ru
   rt, params = setup(config)
   opt_state = jax.eval_shape(rt.optimizer.init, params)
   opt_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rt.replicated), opt_state)
-  manager = checkpoint_manager(workdir, rt.config.keep_checkpoints)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f"No checkpoint under {manager.directory}; train first (--mode=train).")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(checkpoints):
+    raise FileNotFoundError(f"No checkpoints under --workdir={workdir} ({checkpoints} does not exist); train first.")
+  manager = checkpoint_manager(workdir, rt.config.keep_checkpoints, create=False)
   memory = init_memory(rt, params, rt.config.batch_size)
-  progress, params, _, _ = restore_checkpoint(manager, rt, params, opt_state, memory)
+  restored = restore_newest_valid(manager, rt, params, opt_state, memory, training=False)
+  if restored is None:
+    raise FileNotFoundError(f"No readable checkpoint under {checkpoints}; train first (--mode=train).")
+  progress, params, _, _ = restored
   phase = phase_at(rt.config, max(progress.step - 1, 0))
   print(f"Checkpoint of step {progress.step}: phase {phase!r} (that of its last training step).", flush=True)
   return rt, params, phase

@@ -32,6 +32,7 @@ class MetricsWriter:
     self.jsonl = self.tensorboard = None
     if self.main:
       os.makedirs(workdir, exist_ok=True)
+      _drop_records_after(os.path.join(workdir, "metrics.jsonl"), start_step)
       self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
       from tensorboardX import SummaryWriter
 
@@ -105,3 +106,16 @@ def _progress_line(record: dict, num_steps: int, seconds_per_step: float) -> str
 def _duration(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Removes the records of steps after `step` (those a killed run logged after its last checkpoint)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+  if len(kept) != len(lines):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)

@@ -13,10 +13,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import deqjax
-from deqjax.nn.deq_layer import DEQSettings
 from experiments.tasks import Task, task_class
-from experiments.trainer.models import architecture, build_model
+from experiments.trainer.config_check import ConfigError, check_config
+from experiments.trainer.models import build_model
 from experiments.trainer.schedules import make_optimizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -29,8 +28,8 @@ def make_mesh() -> jax.sharding.Mesh:
 def check_batch(name: str, batch: int, mesh) -> None:
   devices = mesh.devices.size
   if batch % devices or batch % jax.process_count():
-    raise ValueError(
-      f"{name}={batch} is not divisible by the {devices} devices ({jax.process_count()} processes);"
+    raise ConfigError(
+      f"config.{name}={batch} is not divisible by the {devices} devices ({jax.process_count()} processes);"
       " the global batch is split evenly across them."
     )
 
@@ -69,34 +68,6 @@ class Runtime:
   @property
   def replicated(self):
     return NamedSharding(self.mesh, P())
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Errors on fields that would fail later (dtype, model fields and execution, budget), before any data is read."""
-  if config.dtype not in DTYPES:
-    raise ValueError(f"Unknown dtype={config.dtype!r}; expected one of {sorted(DTYPES)}.")
-  model = architecture(config)  # unknown model fields / executions fail here, before the data is read
-  if isinstance(model, DEQSettings):
-    deqjax.check_backward_options(model.backward, model.phantom_steps, model.phantom_damping)
-  weights = ("jac_reg", "jac_reg_after", "jac_reg_until_step", "pretrain_jac_reg")
-  if not all(config[name] >= 0 for name in weights):
-    raise ValueError(
-      "jac_reg, jac_reg_after, jac_reg_until_step and pretrain_jac_reg must be >= 0; got "
-      + ", ".join(f"{name}={config[name]}" for name in weights)
-      + "."
-    )
-  if not (config.grad_clip_ratio == 0 or config.grad_clip_ratio > 1) or not 0 <= config.grad_clip_ratio_decay < 1:
-    raise ValueError(
-      "grad_clip_ratio must be 0 (off) or > 1 and grad_clip_ratio_decay in [0, 1); got "
-      f"grad_clip_ratio={config.grad_clip_ratio}, grad_clip_ratio_decay={config.grad_clip_ratio_decay}."
-    )
-  settle = ("pretrain_settle_iters", "pretrain_settle_from_step", "pretrain_settle_until_step")
-  if not all(isinstance(config[name], int) and config[name] >= 0 for name in settle):
-    raise ValueError(
-      "pretrain_settle_* must be ints >= 0; got " + ", ".join(f"{n}={config[n]!r}" for n in settle) + "."
-    )
-  if not config.train_budget_seconds >= 0:
-    raise ValueError(f"train_budget_seconds must be >= 0 (0: no budget); got {config.train_budget_seconds}.")
 
 
 def setup(config: ml_collections.ConfigDict) -> tuple[Runtime, nnx.State]:

@@ -116,3 +116,71 @@ def test_divergence_is_reported():
   assert int(info.status) == Status.DIVERGED
   assert int(info.nstep) < 100
   assert float(jnp.max(info.trace)) > 1e3 * float(info.trace[0])
+
+
+def test_residuals_of_huge_finite_states_do_not_overflow():
+  # z* = 2x with x = 1e20 (float32): ||z||^2 ~ 1.6e41 overflows, ||z|| = 4e20 does not.
+  x = jnp.full((4,), 1e20, jnp.float32)
+  z, info = deqjax.fixed_point(lambda _, z, x: 0.5 * z + x, None, x, rtol=1e-5, tol=0.0)
+  assert int(info.status) == Status.CONVERGED and bool(jnp.isfinite(info.residual))
+  np.testing.assert_allclose(z, 2 * x, rtol=1e-5)
+  assert float(info.rel_residual) < 1e-5
+  # A state that is itself infinite is still non-finite.
+  _, info = deqjax.fixed_point(lambda _, z, x: 0.5 * z + x, None, jnp.array([jnp.inf, 1.0], jnp.float32))
+  assert int(info.status) == Status.NONFINITE
+
+
+class _ScriptedSteps:
+  """A solver that always steps by +1 (z0 = 0, 1, 2, ...), for residuals scripted per iterate."""
+
+  def init(self, z, g, max_iter):
+    return ()
+
+  def direction(self, state, z, g):
+    return jnp.ones_like(z)
+
+  def update(self, state, z, g, dz, dg, active):
+    return state
+
+
+def test_the_status_describes_the_iterate_returned():
+  # Iterates z = 0, 1, 2 with residuals 10, 1, 2 and ||f(z)|| = 1, 1, 100; rtol = 0.5: iterate 1
+  # has the lowest residual but has not converged (1 > 0.5 * 1); iterate 2 has (2 < 0.5 * 100).
+  # The solve must return iterate 2 with its own residual, not iterate 1 labelled CONVERGED.
+  from deqjax._driver import solve
+
+  def residual_fn(z):
+    residual = jnp.where(z[:, 0] == 0, 10.0, jnp.where(z[:, 0] == 1, 1.0, 2.0))
+    scale = jnp.where(z[:, 0] == 2, 100.0, 1.0)
+    return jnp.stack([residual, jnp.zeros_like(residual)], axis=1), scale
+
+  z, info = solve(residual_fn, jnp.zeros((1, 2)), _ScriptedSteps(), max_iter=5, tol=0.0, rtol=0.5, divergence_ratio=1e6)
+  assert int(info.status[0]) == Status.CONVERGED and int(info.nstep[0]) == 2
+  assert float(z[0, 0]) == 2.0 and float(info.residual[0]) == 2.0 and float(info.rel_residual[0]) == 0.02
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_empty_states_are_solved_at_once(solver):
+  f = lambda a, z, x: jnp.tanh(a * z + x)
+  for x, batch_axis in ((jnp.zeros((0,)), None), (jnp.zeros((3, 0)), 0)):
+    z, info = deqjax.fixed_point(f, 0.5, x, solver=solver, batch_axis=batch_axis)
+    assert z.shape == x.shape and bool(jnp.all(info.converged)) and int(jnp.max(info.nstep)) == 0
+  grad = jax.grad(lambda a: jnp.sum(deqjax.fixed_point(f, a, jnp.zeros((0,)), solver=solver)[0]))(0.5)
+  assert float(grad) == 0.0
+
+
+def test_solver_memory_over_the_limit_is_refused_before_compiling():
+  f = lambda a, z, x: jnp.tanh(a * z + x)
+  x = jnp.zeros((8, 4096), jnp.float32)
+  with pytest.raises(ValueError, match=r"forward solver's buffers would take .* GiB \(Broyden, max_iter=100000,"):
+    deqjax.fixed_point(f, 0.5, x, max_iter=100000, batch_axis=0)
+  # Broyden with max_iter 10 keeps m = 9 updates of a [1, 4] float64 state: 2 buffers [1, m, 4], 2
+  # matrices [1, m, m], 2 vectors [1, m] (252 entries of 8 bytes) and an int32 count: 2,020 bytes.
+  z = jnp.zeros((1, 4))
+  deqjax.root_find(lambda z: -z, z, max_iter=10, max_buffer_bytes=2020)
+  with pytest.raises(ValueError, match=r"would take 2,020 bytes .* over max_buffer_bytes=2019 "):
+    deqjax.root_find(lambda z: -z, z, max_iter=10, max_buffer_bytes=2019)
+  with pytest.raises(ValueError, match=r"backward solver's buffers .* backward_max_iter=50,"):
+    deqjax.fixed_point(f, 0.5, jnp.zeros(64), max_iter=5, backward_max_iter=50, max_buffer_bytes=50_000)
+  unlimited = lambda x: deqjax.fixed_point(f, 0.5, x, max_iter=100000, batch_axis=0, max_buffer_bytes=None)
+  assert jax.eval_shape(unlimited, x)[0].shape == x.shape  # None: traced (and would be compiled) as asked

@@ -163,3 +163,19 @@ def test_root_find_cube_root():
   np.testing.assert_allclose(info.rel_residual, info.residual / jnp.linalg.norm(z + (2.0 - z**3) / 3.0), rtol=1e-9)
   with pytest.raises(ValueError, match="g\\(z\\) returned shape"):
     deqjax.root_find(lambda z: z[:1], jnp.ones((3,)))
+
+
+def test_a_diverging_adjoint_gives_a_nan_gradient_not_a_wrong_one():
+  # z = 2z + x: z* = -x and dz*/dx = -1, but the adjoint iteration w <- 2w + 1 diverges.
+  f = lambda a, z, x: a * z + x
+  grad = lambda **options: jax.grad(lambda x: jnp.sum(deqjax.fixed_point(f, 2.0, x, **options)[0]))(jnp.ones(3))
+  assert bool(jnp.all(jnp.isnan(grad(backward_solver="iteration"))))
+  np.testing.assert_allclose(grad(), -1.0, rtol=1e-6)  # Broyden solves the same adjoint
+  # Per sample: only the sample whose adjoint diverges (residual 2, 4, 8 > 3 x 2) is NaN; one that
+  # reaches its cap keeps its value.
+  scales = jnp.array([2.0, 0.5])
+  g = lambda s, z, x: s[:, None] * z + x
+  options = dict(batch_axis=0, backward_solver="iteration", backward_max_iter=3, divergence_ratio=3.0)
+  sample_grad = jax.grad(lambda x: jnp.sum(deqjax.fixed_point(g, scales, x, **options)[0]))(jnp.ones((2, 2)))
+  assert bool(jnp.all(jnp.isnan(sample_grad[0])))
+  np.testing.assert_allclose(sample_grad[1], 1 + 0.5 + 0.25 + 0.125, rtol=1e-6)  # 3 steps of w <- 0.5 w + 1 from w = 1

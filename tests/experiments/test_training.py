@@ -1,9 +1,7 @@
 """End-to-end training on the bundled WikiText-2 sample: learning, exact resume, devices, bad inputs."""
 
-import contextlib
 import dataclasses
 import functools
-import io
 import json
 import os
 import signal
@@ -19,39 +17,13 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 from paths import REPO, SUBPROCESS_XLA_FLAGS
-from shared import shared_once
-from tiny_training import TINY, TINY_MODEL, tiny_config, tiny_text
+from tiny_training import SHARED_RUN, TINY, TINY_MODEL, copy_workdir, tiny_config, tiny_text
 
 from deqjax.data import OrderedLMStream
 from experiments import trainer
-from experiments.tasks.wikitext import load_data
 from experiments.trainer import loop, schedules, steps
 
 DEFAULT_CONFIG = os.path.join(REPO, "experiments", "configs", "default.py")
-
-
-# One run of the tiny config, made once per session and shared by the tests that inspect it.
-SHARED_RUN = dict(
-  num_train_steps=50, pretrain_steps=20, log_every_steps=10, eval_every_steps=0,
-  jac_reg=0.5, jac_reg_until_step=40, jac_reg_after=0.0,
-)  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def trained(tfds_dir):
-  """(config, workdir, test_ppl, printed output) of the shared run."""
-  config = tiny_config(tfds_dir, **SHARED_RUN)
-
-  def train(workdir):
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-      results = trainer.train_and_evaluate(config, str(workdir))
-    (workdir / "printed.txt").write_text(printed.getvalue(), encoding="utf-8")
-    (workdir / "results.json").write_text(json.dumps(results), encoding="utf-8")
-
-  workdir = shared_once("trained", train)
-  test_ppl = json.loads((workdir / "results.json").read_text(encoding="utf-8"))["test_ppl"]
-  return config, workdir, test_ppl, (workdir / "printed.txt").read_text(encoding="utf-8")
 
 
 def test_training_lowers_the_loss(trained):
@@ -116,7 +88,7 @@ def test_wall_clock_budget_stops_training_then_tests(tfds_dir, tmp_path):
   assert [r["step"] for r in records] == [1, 1]  # the flushed step, then the test result
   assert records[-1]["test_ppl"] == test_ppl and records[-1]["train_seconds"] > 0
   assert trainer.train_and_evaluate(config, str(tmp_path))["test_ppl"] == test_ppl  # resuming: nothing left to train
-  with pytest.raises(ValueError, match="train_budget_seconds must be >= 0"):
+  with pytest.raises(trainer.ConfigError, match=r"config.train_budget_seconds=-1.0: must be a number >= 0"):
     trainer.setup(tiny_config(tfds_dir, train_budget_seconds=-1.0))
 
 
@@ -138,34 +110,44 @@ def _run_main(workdir, tfds_dir, *extra):
   return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _final_params(workdir):
+def _final_params(workdir, step):
   manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  state = manager.restore(12, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   return jax.tree.leaves(state["params"]), jax.tree.leaves(state["opt_state"])
 
 
-def test_sigkill_and_resume_is_bitwise_identical(tfds_dir, tmp_path):
-  load_data(tiny_config(tfds_dir))  # prepare the dataset once, outside the timed runs
-  straight = _run_main(tmp_path / "straight", tfds_dir)
-  out, _ = straight.communicate(timeout=300)
-  assert straight.returncode == 0, out
-  name, value = out.strip().splitlines()[-1].split("=")
-  assert name == "test_ppl" and float(value) > 1  # a plain float, not a numpy repr
+def _run_shared_config(workdir, config):
+  """`experiments.main` on the shared run's config, with this process's JAX settings (x64, four devices),
+  so that it compiles (or finds in the compilation cache) the shared run's very programs."""
+  fields = {**TINY, **SHARED_RUN, **{f"model.{k}": v for k, v in TINY_MODEL.items()}}
+  fields.update({"data.data_dir": config.data.data_dir, "data.manual_dir": config.data.manual_dir})
+  command = [sys.executable, "-m", "experiments.main", f"--config={DEFAULT_CONFIG}", f"--workdir={workdir}"]
+  command += [f"--config.{k}={v}" for k, v in fields.items()]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"}  # XLA_FLAGS: this process's
+  return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-  killed = _run_main(tmp_path / "killed", tfds_dir)
-  checkpoints = tmp_path / "killed" / "checkpoints"
+
+def test_sigkill_and_resume_is_bitwise_identical(trained, tmp_path):
+  # The shared run, killed after its checkpoint at step 25 and started again, ends exactly as the
+  # undisturbed shared run did: the same test_ppl to the last digit, the same parameters and
+  # optimizer state.
+  config, workdir, test_ppl, _ = trained
+  killed = _run_shared_config(tmp_path, config)
+  checkpoints = tmp_path / "checkpoints"
   deadline = time.time() + 240
-  while not (checkpoints.is_dir() and any(p.name == "6" for p in checkpoints.iterdir())):
-    assert killed.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+  while not (checkpoints.is_dir() and any(p.name == "25" for p in checkpoints.iterdir())):
+    assert killed.poll() is None and time.time() < deadline, "the run ended before its checkpoint at step 25"
     time.sleep(0.05)
-  killed.send_signal(signal.SIGKILL)  # mid-run: after the checkpoint at step 6, before step 12
+  killed.send_signal(signal.SIGKILL)  # mid-run: after the checkpoint at step 25, before step 50
   killed.communicate()
-  resumed = _run_main(tmp_path / "killed", tfds_dir)
-  out_resumed, _ = resumed.communicate(timeout=300)
-  assert resumed.returncode == 0, out_resumed
-  assert "Resumed from" in out_resumed
-  assert out_resumed.strip().splitlines()[-1] == out.strip().splitlines()[-1]  # the same test_ppl, exactly
-  for a, b in zip(*(_final_params(tmp_path / run) for run in ("straight", "killed")), strict=True):
+  assert not (checkpoints / "50").exists()
+  resumed = _run_shared_config(tmp_path, config)
+  out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out
+  assert "Resumed from" in out
+  name, value = out.strip().splitlines()[-1].split("=")
+  assert name == "test_ppl" and float(value) == test_ppl  # a plain float, printed in full: the same number
+  for a, b in zip(_final_params(tmp_path, 50), _final_params(workdir, 50), strict=True):
     for x, y in zip(a, b, strict=True):
       np.testing.assert_array_equal(x, y)
 
@@ -184,26 +166,40 @@ def test_sigterm_saves_and_exits_cleanly(tfds_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-  "override, explanation",
+  "arguments, error",
   [
     (
-      "--config.model.n_layerz=3",
-      "no field 'model.n_layerz'; the fields there are ['backward_max_iter', 'backward_rtol', 'd_inner'",
+      ["--config.model.n_layerz=3"],
+      "FATAL Flags parsing error: --config.model.n_layerz: the config has no field 'model.n_layerz'; the fields"
+      " there are ['backward_max_iter', 'backward_rtol', 'd_inner'",
     ),
     (
-      "--config.learning_rat=1",
-      "no field 'learning_rat'; the fields there are ['batch_size', 'checkpoint_every_steps'",
+      ["--config.learning_rat=1"],
+      "FATAL Flags parsing error: --config.learning_rat: the config has no field 'learning_rat'; the fields there"
+      " are ['batch_size', 'checkpoint_every_steps'",
     ),
-    ("--config.seed.x=1", "no field 'seed.x'; 'seed' is a value, not a group."),
+    (
+      ["--config.seed.x=1"],
+      "FATAL Flags parsing error: --config.seed.x: the config has no field 'seed.x'; 'seed' is a value, not a group.",
+    ),
+    (
+      ["--config.learning_rate=-1", "--config.model.max_iter=0"],
+      "error: 2 config fields cannot run:\n  config.learning_rate=-1.0: must be a number > 0\n"
+      "  config.model.max_iter: max_iter must be an int >= 1; got max_iter=0.",
+    ),
+    (
+      ["--config=experiments/configs/defualt.py"],
+      f"FATAL Flags parsing error: --config=experiments/configs/defualt.py: no such file (looked from {REPO})",
+    ),
+    (["--workdir="], "FATAL Flags parsing error: flag --workdir=: must name a folder."),
   ],
 )
-def test_override_of_a_missing_field_is_named(tfds_dir, tmp_path, override, explanation):
-  run = _run_main(tmp_path, tfds_dir, override)
+def test_command_line_errors_are_one_screen_naming_the_flag_or_field(tfds_dir, tmp_path, arguments, error):
+  run = _run_main(tmp_path / "workdir", tfds_dir, *arguments)
   out, _ = run.communicate(timeout=120)
   assert run.returncode == 1
-  path = override.split("=")[0]
-  assert f"FATAL Flags parsing error: {path}: the config has {explanation}" in out, out
-  assert not (tmp_path / "checkpoints").exists()
+  assert error in out and "Traceback" not in out and len(out.splitlines()) <= 15, out
+  assert not os.path.exists(tmp_path / "workdir")  # nothing was made: not even the workdir
 
 
 def test_four_devices_match_one(tfds_dir):
@@ -286,6 +282,7 @@ def _with_seed(config, seed):
 
 def test_resume_with_another_seed_or_vocabulary_fails(trained, tmp_path):
   config, workdir, _, _ = trained
+  workdir = copy_workdir(workdir, tmp_path)
   with pytest.raises(ValueError, match=r"another seed .* from seed=7"):
     trainer.train_and_evaluate(_with_seed(config, 7), str(workdir))
   other = tmp_path / "other_text"

@@ -44,9 +44,39 @@ def test_real_wikitext2_token_counts(manual_dir, tmp_path):
   # Every validation word outside the tiny training vocabulary is <unk>; <eos> ends each of the 3,760 lines.
   assert int(np.sum(data.splits["validation"] == data.vocab.index(EOS))) == 3_760
   assert data.decode(data.splits["train"][:6]) == "= Valkyria = <eos> <eos> the"
-  # A second load reads the prepared dataset (the manual directory is no longer needed).
-  again = load_wikitext("wikitext2", str(tmp_path / "absent"), str(tmp_path))
+  # A second load reads the prepared dataset, once the files it was made from are found again
+  # (by content: a copy elsewhere will do).
+  copy = shutil.copytree(manual_dir, tmp_path / "moved")
+  again = load_wikitext("wikitext2", str(copy), str(tmp_path))
   np.testing.assert_array_equal(again.splits["test"], data.splits["test"])
+
+
+def test_a_prepared_dataset_is_never_served_for_other_or_missing_files(manual_dir, tmp_path):
+  load_wikitext("wikitext2", str(manual_dir), str(tmp_path / "tfds"))
+  prepared_from = f"holds wikitext/wikitext2, prepared from {manual_dir}"
+  with pytest.raises(
+    FileNotFoundError, match=f"manual_dir='{tmp_path}/absent' is not a directory, and .*{prepared_from}"
+  ):
+    load_wikitext("wikitext2", str(tmp_path / "absent"), str(tmp_path / "tfds"))
+  other = shutil.copytree(manual_dir, tmp_path / "other")
+  (other / "wiki.train.tokens").write_text(TRAIN_TEXT + " one more line \n", encoding="utf-8")
+  with pytest.raises(ValueError) as caught:
+    load_wikitext("wikitext2", str(other), str(tmp_path / "tfds"))
+  lines = str(caught.value).splitlines()
+  assert lines[0] == f"manual_dir='{other}' does not hold the files data_dir='{tmp_path / 'tfds'}' {prepared_from}:"
+  size = len(TRAIN_TEXT.encode())
+  assert lines[1].startswith(f"  train: wiki.train.tokens, {size:,} bytes, sha256 ")
+  assert f"; wiki.train.tokens, {size + 16:,} bytes, sha256 " in lines[1] and len(lines) == 3  # test, valid agree
+  assert lines[2].startswith("Point manual_dir at those files, use another data_dir, or delete ")
+
+
+def test_a_tokens_file_that_is_not_text_is_named(manual_dir, tmp_path):
+  garbage = shutil.copytree(manual_dir, tmp_path / "garbage")
+  (garbage / "wiki.valid.tokens").write_bytes(b"fine words \n" + bytes(range(128, 256)))
+  with pytest.raises(
+    ValueError, match=rf"{garbage}/wiki.valid.tokens is not UTF-8 text \(byte b'\\x80' near offset 12\)"
+  ):
+    load_wikitext("wikitext2", str(garbage), str(tmp_path / "tfds"))
 
 
 def test_bundled_sample_and_the_official_zip(tmp_path):

@@ -1,0 +1,106 @@
+"""One check of a whole config before anything is read or compiled: every field's kind and range, the
+model's own fields, and the rules that tie fields together. Errors name each field by its path."""
+
+from __future__ import annotations
+
+import re
+
+import ml_collections
+
+from experiments.configs.fields import rules
+from experiments.tasks import TASKS
+from experiments.trainer.models import EXECUTIONS, LAYER_MODELS, MODELS, architecture
+
+OPTIONAL = ("study", "row")  # labels for tables and workdirs; configs made in code may leave them out
+MAX_LINES = 12  # an error stays on one screen
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message lists each bad field as `config.<path>=<value>: <what it allows>`."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError listing every field that is missing, unknown, of the wrong kind or out of range."""
+  problems = _field_problems(config)
+  named = ("config.task", "config.model_name", "config.execution", "config.model ")
+  if not any(p.startswith(named) for p in problems):
+    problems += _model_problems(config)
+  if not problems:
+    problems = _cross_field_problems(config)
+  if problems:
+    raise ConfigError(_message(problems))
+
+
+def _message(problems: list[str]) -> str:
+  if len(problems) == 1:
+    return problems[0]
+  shown = problems[:MAX_LINES]
+  more = [f"... and {len(problems) - MAX_LINES} more"] if len(problems) > MAX_LINES else []
+  return f"{len(problems)} config fields cannot run:\n" + "\n".join(f"  {p}" for p in shown + more)
+
+
+def _get(config, path: str):
+  node = config
+  for key in path.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+      return _MISSING
+    node = node[key]
+  return node
+
+
+_MISSING = object()
+
+
+def _field_problems(config) -> list[str]:
+  task = config.get("task", None)
+  if task not in TASKS:
+    return [f"config.task={task!r}: must be one of {sorted(TASKS)}"]
+  expected = rules(task)
+  problems = []
+  for path, rule in expected.items():
+    value = _get(config, path)
+    if value is _MISSING:
+      if path not in OPTIONAL:
+        problems.append(f"config.{path} is missing: the {task} task needs it ({rule.allowed()})")
+    elif not rule.accepts(value):
+      problems.append(f"config.{path}={value!r}: must be {rule.allowed()}")
+  known_top = {path.split(".")[0] for path in expected} | {"model"}
+  problems += [f"config.{key}: no such field (a typo?)" for key in sorted(set(config.keys()) - known_top)]
+  data = config.get("data", None)
+  if isinstance(data, ml_collections.ConfigDict):
+    known_data = {path.split(".", 1)[1] for path in expected if path.startswith("data.")}
+    problems += [f"config.data.{key}: no such field (a typo?)" for key in sorted(set(data.keys()) - known_data)]
+  if not isinstance(config.get("model", None), ml_collections.ConfigDict):
+    problems.append("config.model is missing: the model's fields go there")
+  return problems
+
+
+def _model_problems(config) -> list[str]:
+  if config.model_name not in MODELS:
+    return [f"config.model_name={config.model_name!r}: must be one of {sorted(MODELS)}"]
+  if config.execution not in EXECUTIONS:
+    return [f"config.execution={config.execution!r}: must be one of {list(EXECUTIONS)}"]
+  if (config.execution == "layers") != (config.model_name in LAYER_MODELS):
+    fitting = "'layers'" if config.model_name in LAYER_MODELS else "'deq' or 'unrolled'"
+    execution, name = config.execution, config.model_name
+    return [f"config.execution={execution!r} does not fit config.model_name={name!r}: use {fitting}"]
+  try:
+    architecture(config)
+  except (ValueError, TypeError) as error:
+    message = str(error)
+    match = re.match(r"(?:Unknown )?(\w+)", message)
+    if match and match.group(1) in config.model:
+      return [f"config.model.{match.group(1)}: {message}"]
+    return [f"config.model ({config.model_name}): {message}"]
+  return []
+
+
+def _cross_field_problems(config) -> list[str]:
+  problems = []
+  ratio = config.grad_clip_ratio
+  if 0 < ratio <= 1:
+    problems.append(
+      f"config.grad_clip_ratio={ratio}: must be 0 (off) or > 1 (a multiple of the running norm); got"
+      f" grad_clip_ratio={ratio}, grad_clip_ratio_decay={config.grad_clip_ratio_decay}"
+    )
+  return problems
