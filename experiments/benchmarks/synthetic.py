@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from deqjax.nn.adaptive import check_cutoffs
 from experiments import trainer
+from experiments.analysis.paper import PAPER
 from experiments.trainer.models import count_parameters
 
 FLAGS = flags.FLAGS
@@ -146,8 +147,8 @@ def main(argv):
     )
   shown = lambda b: "not reported by this backend" if b is None else f"{b / GB:.2f} GB"
   print(f"  device peak memory: {shown(r['peak_bytes'])}; compiled estimate of the step: {shown(r['compiled_bytes'])}")
-  paper = config.get("paper", None)
-  if paper is not None and "memory_gb" in paper:
+  paper = PAPER.get(config.get("study", ""), {}).get(config.get("row", ""))
+  if paper is not None and paper.memory_gb is not None:
     print(f"  paper: {paper.memory_gb} GB (batch 15 x 150, embeddings excluded)")
 
 
