@@ -203,7 +203,8 @@ def fixed_point(
   phantom_damping: float = 1.0,
   backward_probe: BackwardStats | None = None,
   max_buffer_bytes: int | None = 2**34,
-) -> tuple[Any, SolveInfo]:
+  has_aux: bool = False,
+) -> tuple[Any, SolveInfo] | tuple[Any, Any, SolveInfo]:
   r"""Finds z* = f(params, z*, x) and differentiates it implicitly.
 
   .. math::
@@ -251,10 +252,14 @@ def fixed_point(
     max_buffer_bytes: the most memory a solver's state may take (16 GiB by
       default; None: no limit); a larger one (e.g. Broyden's 2 x max_iter x
       batch x n buffers with a huge cap) is a ValueError before compiling.
+    has_aux: `f` returns `(z_next, aux)`; the solve iterates on `z_next`, and
+      `aux` is evaluated once more at the returned z* (one extra call of f),
+      differentiable through z* (implicitly) and through params and x.
 
   Returns:
     `(z_star, info)`: the equilibrium, shaped like `z0`, and a `SolveInfo`
-    (scalars, or `[batch]` fields when `batch_axis` is set).
+    (scalars, or `[batch]` fields when `batch_axis` is set); with `has_aux`,
+    `(z_star, aux, info)`.
 
   Raises:
     ValueError / TypeError at trace time for unknown solver or backward names,
@@ -280,6 +285,8 @@ def fixed_point(
     prefix="backward_",
   )
   batch_axis = checks.check_batch_axis(batch_axis)
+  if not isinstance(has_aux, bool):
+    raise TypeError(f"has_aux must be a bool; got has_aux={has_aux!r}.")
 
   if z0 is None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(x)[0]:
@@ -293,15 +300,31 @@ def fixed_point(
   forward.check_memory(spec, _check_limit(max_buffer_bytes), "")
   if backward == "implicit":
     backward_solve.check_memory(spec, max_buffer_bytes, "backward_")
-  checks.check_same_structure(jax.eval_shape(f, params, z0, x), z0, "f(params, z, x)", "z0")
+  step = _without_aux(f, params, z0, x) if has_aux else f
+  checks.check_same_structure(jax.eval_shape(step, params, z0, x), z0, "f(params, z, x)", "z0")
   checks.reject_forward_mode(params, x, z0)
 
   probe = _check_probe(backward_probe, spec)
-  fn, consts = jax.closure_convert(f, params, z0, x)
+  fn, consts = jax.closure_convert(step, params, z0, x)
   checks.reject_forward_mode(consts)
   options = _Options(forward, backward, backward_solve, phantom_steps, float(phantom_damping), spec)
   z_star, info = _equilibrium(fn, options, params, x, z0, consts, probe)
+  if has_aux:
+    # Outside the custom VJP: aux's gradient flows through z* (implicitly) and through f directly.
+    return z_star, f(params, z_star, x)[1], _squeeze_info(info, batch_axis)
   return z_star, _squeeze_info(info, batch_axis)
+
+
+def _without_aux(f, params, z0, x):
+  """f's first output, after checking that f returns a pair (z_next, aux)."""
+  out = jax.eval_shape(f, params, z0, x)
+  if not (isinstance(out, tuple) and len(out) == 2):
+    if isinstance(out, tuple):
+      kind = f"a tuple of {len(out)}"
+    else:
+      kind = f"one array {out.shape}" if isinstance(out, jax.ShapeDtypeStruct) else type(out).__name__
+    raise TypeError(f"has_aux=True: f(params, z, x) must return a pair (z_next, aux); it returns {kind}.")
+  return lambda p, z, xx: f(p, z, xx)[0]
 
 
 def _bytes(size: int) -> str:

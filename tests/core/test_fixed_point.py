@@ -179,3 +179,25 @@ def test_a_diverging_adjoint_gives_a_nan_gradient_not_a_wrong_one():
   sample_grad = jax.grad(lambda x: jnp.sum(deqjax.fixed_point(g, scales, x, **options)[0]))(jnp.ones((2, 2)))
   assert bool(jnp.all(jnp.isnan(sample_grad[0])))
   np.testing.assert_allclose(sample_grad[1], 1 + 0.5 + 0.25 + 0.125, rtol=1e-6)  # 3 steps of w <- 0.5 w + 1 from w = 1
+
+
+def test_auxiliary_outputs_come_from_the_equilibrium_and_are_differentiable():
+  # f returns (z_next, aux) with aux = a * sum(z^2): at z*, d aux / d a = sum(z*^2) + 2 a z*^T dz*/da.
+  f = lambda a, z, x: (jnp.tanh(a * z + x), {"energy": a * jnp.sum(z**2)})
+  x = jnp.array([0.3, -0.2, 0.5])
+  z, aux, info = deqjax.fixed_point(f, 0.7, x, tol=1e-12, rtol=0.0, has_aux=True)
+  assert bool(info.converged)
+  np.testing.assert_allclose(z, jnp.tanh(0.7 * z + x), atol=1e-12)
+  np.testing.assert_allclose(aux["energy"], 0.7 * jnp.sum(z**2), rtol=1e-12)
+  energy = lambda a: deqjax.fixed_point(f, a, x, tol=1e-13, rtol=0.0, backward_tol=1e-13, has_aux=True)[1]["energy"]
+  h = 1e-6
+  np.testing.assert_allclose(jax.grad(energy)(0.7), (energy(0.7 + h) - energy(0.7 - h)) / (2 * h), rtol=1e-7)
+  # dz*/da = (I - J)^-1 (1 - z*^2) z* with J = diag(a (1 - z*^2)), per coordinate.
+  dz = (1 - z**2) * z / (1 - 0.7 * (1 - z**2))
+  np.testing.assert_allclose(jax.grad(energy)(0.7), jnp.sum(z**2) + 2 * 0.7 * jnp.sum(z * dz), rtol=1e-9)
+  with pytest.raises(
+    TypeError, match=r"has_aux=True: f\(params, z, x\) must return a pair \(z_next, aux\); it returns"
+  ):
+    deqjax.fixed_point(lambda a, z, x: jnp.tanh(a * z + x), 0.7, x, has_aux=True)
+  with pytest.raises(TypeError, match="has_aux must be a bool; got has_aux='yes'"):
+    deqjax.fixed_point(f, 0.7, x, has_aux="yes")
