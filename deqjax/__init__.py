@@ -8,6 +8,7 @@ implicitly (or with phantom gradients) through a `jax.custom_vjp`.
 from deqjax._anderson import Anderson
 from deqjax._broyden import Broyden
 from deqjax._diagnostics import jacobian_frobenius_sq, spectral_radius
+from deqjax._driver import Solver
 from deqjax._fixed_point import fixed_point, root_find
 from deqjax._info import BackwardStats, SolveInfo, Status, backward_probe
 from deqjax._iteration import Iteration
@@ -21,6 +22,7 @@ __all__ = [
   "Broyden",
   "Iteration",
   "SolveInfo",
+  "Solver",
   "Status",
   "backward_probe",
   "check_backward_options",

@@ -12,7 +12,7 @@ one independent system with its own stopping.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +24,14 @@ from deqjax._info import RUNNING, SolveInfo, Status
 ResidualFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
+@runtime_checkable
 class Solver(Protocol):
-  """What a solver supplies to the driver: a memory and the step it proposes (z_next = z + step)."""
+  """What a solver supplies to the driver: a memory and the step it proposes (z_next = z + step).
+
+  The built-in solvers follow it, and so may a user's: pass any hashable object with these three
+  methods (a frozen dataclass, say) as `solver=` or `backward_solver=`. Arrays are the working
+  matrices `[batch, n]` (one row per independent system); the state is any pytree of fixed shape.
+  """
 
   def init(self, z: jax.Array, g: jax.Array, max_iter: int) -> Any:
     """Memory from the initial guess z `[batch, n]` and its residual g = f(z) - z."""

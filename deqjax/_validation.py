@@ -14,17 +14,29 @@ SOLVERS = {"broyden": Broyden, "anderson": Anderson, "iteration": Iteration}
 
 
 def resolve_solver(solver, name: str):
-  """A solver name ("broyden", "anderson", "iteration") or instance -> instance."""
+  """A solver name ("broyden", "anderson", "iteration") or an object following `deqjax.Solver` -> the object.
+
+  Built-in and user-written solvers pass the same test: callable `init`, `direction` and
+  `update`, and hashable (the solver is a static option of the compiled solve).
+  """
   if isinstance(solver, str):
     if solver not in SOLVERS:
       raise ValueError(f"Unknown {name}={solver!r}; expected one of {sorted(SOLVERS)} or a solver instance.")
     return SOLVERS[solver]()
-  if isinstance(solver, (Broyden, Anderson, Iteration)):
-    return solver
-  raise TypeError(
-    f"{name} must be one of {sorted(SOLVERS)} or a deqjax.Broyden / Anderson / Iteration"
-    f" instance; got {type(solver).__name__}."
-  )
+  missing = [m for m in ("init", "direction", "update") if not callable(getattr(solver, m, None))]
+  if missing:
+    raise TypeError(
+      f"{name} must be one of {sorted(SOLVERS)} or an object with the deqjax.Solver methods init, direction and"
+      f" update; got {type(solver).__name__}, which lacks {missing}."
+    )
+  try:
+    hash(solver)
+  except TypeError:
+    raise TypeError(
+      f"{name}={type(solver).__name__}(...) must be hashable (it is a static option of the compiled solve);"
+      " make it a frozen dataclass, for example."
+    ) from None
+  return solver
 
 
 BACKWARDS = ("implicit", "phantom")

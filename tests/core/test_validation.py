@@ -1,6 +1,7 @@
 """deqjax._validation: the trace-time errors name the argument and the shapes involved."""
 
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -102,3 +103,39 @@ def test_forward_mode_is_refused_with_what_to_use_instead():
   jac = jax.jacrev(solve)(0.5)
   fd = (solve(0.5 + 1e-6) - solve(0.5 - 1e-6)) / 2e-6
   np.testing.assert_allclose(jac, fd, rtol=1e-7)
+
+
+def test_a_user_written_solver_is_used_forward_and_backward():
+  # A damped iteration written against deqjax.Solver, outside the library: z* and the implicit
+  # gradient of the linear map z = A z + x match the closed forms (I - A)^-1 x and (I - A)^-T 1.
+  import dataclasses
+
+  @dataclasses.dataclass(frozen=True)
+  class HalfSteps:
+    def init(self, z, g, max_iter):
+      return jnp.zeros((), jnp.int32)
+
+    def direction(self, state, z, g):
+      return 0.5 * g
+
+    def update(self, state, z, g, dz, dg, active):
+      return state + 1  # the solver's own state: steps taken
+
+  assert isinstance(HalfSteps(), deqjax.Solver)
+  a = jnp.array([[0.2, 0.1], [0.0, 0.3]])
+  x = jnp.array([1.0, 2.0])
+  f = lambda a, z, x: a @ z + x
+  options = dict(solver=HalfSteps(), max_iter=200, tol=1e-12, rtol=0.0, backward_tol=1e-12, backward_rtol=0.0)
+  z, info = deqjax.fixed_point(f, a, x, **options)
+  assert bool(info.converged) and int(info.nstep) > 20  # half steps: slower than plain iteration
+  np.testing.assert_allclose(z, jnp.linalg.solve(jnp.eye(2) - a, x), atol=1e-10)
+  grad = jax.grad(lambda x: jnp.sum(deqjax.fixed_point(f, a, x, **options)[0]))(x)
+  np.testing.assert_allclose(grad, jnp.linalg.solve((jnp.eye(2) - a).T, jnp.ones(2)), atol=1e-10)
+
+  class Unhashable(HalfSteps):
+    __hash__ = None
+
+  with pytest.raises(TypeError, match=r"solver=Unhashable\(...\) must be hashable"):
+    deqjax.fixed_point(f, a, x, solver=Unhashable())
+  with pytest.raises(TypeError, match=r"backward_solver must be one of .* lacks \['direction', 'update'\]"):
+    deqjax.fixed_point(f, a, x, backward_solver=types.SimpleNamespace(init=lambda z, g, m: ()))
