@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from flax.traverse_util import flatten_dict
 
 from deqjax.nn.deq_layer import DEQSettings
 from experiments.trainer.runtime import Runtime
@@ -93,7 +94,8 @@ def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: in
       f" now {key_data} from seed={rt.config.seed}); resuming would not continue the same run. Use its seed."
     )
   if "config" in meta:  # checkpoints written before the config was saved skip this check
-    differing = state_mismatches(meta["config"], rt.config.to_dict(), training)
+    differences = _differences(meta["config"], rt.config.to_dict())
+    differing = [d for d in differences if _refused(*d, training)]
     if differing:
       allowed = "" if not training else " (--mode=eval may change batch_size, model.mem_len and dtype)"
       raise ResumeMismatch(
@@ -101,7 +103,7 @@ def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: in
         + "\n".join(f"  config.{path}: {there!r} in the checkpoint, {now!r} now" for path, there, now in differing)
         + "\nUse the checkpoint's values, or another --workdir."
       )
-    changed = [f"{p} {a!r} -> {b!r}" for p, a, b in _differences(meta["config"], rt.config.to_dict()) if _is_setting(p)]
+    changed = [f"{p} {a!r} -> {b!r}" for p, a, b in differences if _is_setting(p)]
     if changed and training:
       print(f"Resuming with changed settings: {', '.join(changed)}.", flush=True)
   # Parameters and optimizer state are replicated over the mesh, whatever sharding orbax would pick.
@@ -170,18 +172,10 @@ def _free_path(path: str) -> str:
   return candidate
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return flat
-
-
 def _differences(saved: dict, now: dict) -> list[tuple[str, object, object]]:
-  a, b = _flatten(saved), _flatten(now)
+  """(dotted path, saved value, current value) of each config field that differs (tuples read as JSON lists)."""
+  flat = lambda tree: {k: list(v) if isinstance(v, tuple) else v for k, v in flatten_dict(tree, sep=".").items()}
+  a, b = flat(saved), flat(now)
   pairs = [(p, a.get(p, "(absent)"), b.get(p, "(absent)")) for p in sorted(set(a) | set(b))]
   return [(p, there, now) for p, there, now in pairs if there != now]
 
@@ -207,16 +201,12 @@ def state_mismatches(saved: dict, now: dict, training: bool) -> list[tuple[str, 
   and dropout), batch_size, dtype, and whether grad_clip_ratio is on (it adds optimizer state).
   Evaluation: the architecture only, less model.mem_len (evaluation has eval_mem_len).
   """
-  differing = []
-  for path, there, now_value in _differences(saved, now):
-    if path == "grad_clip_ratio":
-      switched = _positive(there) != _positive(now_value)  # on <-> off adds or removes optimizer state
-      if training and switched:
-        differing.append((path, there, now_value))
-      continue
-    if _is_setting(path):
-      continue
-    if not training and (path in TRAINING_STATE_FIELDS or path == "model.mem_len"):
-      continue
-    differing.append((path, there, now_value))
-  return differing
+  return [d for d in _differences(saved, now) if _refused(*d, training)]
+
+
+def _refused(path: str, there, now, training: bool) -> bool:
+  if path == "grad_clip_ratio":  # switching it on or off adds or removes optimizer state
+    return training and _positive(there) != _positive(now)
+  if _is_setting(path):
+    return False
+  return training or not (path in TRAINING_STATE_FIELDS or path == "model.mem_len")
