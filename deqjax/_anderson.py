@@ -21,10 +21,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from deqjax._driver import fresh_zeros
+
 
 class AndersonState(NamedTuple):
-  xs: jax.Array  # [m, batch, n] past iterates
-  gs: jax.Array  # [m, batch, n] their residuals
+  xs: jax.Array  # [batch, m, n] past iterates
+  gs: jax.Array  # [batch, m, n] their residuals
   gram: jax.Array  # [batch, m, m] G G^T over the stored residuals
   count: jax.Array  # int32 scalar, pairs stored so far (saturates at m)
   slot: jax.Array  # int32 scalar, next slot to overwrite
@@ -35,18 +37,19 @@ class Anderson:
   """Anderson acceleration.
 
   Attributes:
-    memory: number of past iterates mixed (m).
+    history: number of past iterates mixed (m); the same name and the same
+      `[batch, m, n]` buffer layout as `Broyden`'s history.
     ridge: relative Tikhonov regularisation of the least-squares problem.
     beta: mixing parameter; 1 mixes the f(x_i) only.
   """
 
-  memory: int = 5
+  history: int = 5
   ridge: float = 1e-4
   beta: float = 1.0
 
   def __post_init__(self):
-    if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:
-      raise ValueError(f"Anderson memory must be an int >= 1; got memory={self.memory!r}.")
+    if isinstance(self.history, bool) or not isinstance(self.history, int) or self.history < 1:
+      raise ValueError(f"Anderson history must be an int >= 1; got history={self.history!r}.")
     if not self.ridge >= 0:
       raise ValueError(f"Anderson ridge must be >= 0; got ridge={self.ridge!r}.")
     if not self.beta > 0:
@@ -54,14 +57,14 @@ class Anderson:
 
   def _store(self, state: AndersonState, z, g, active):
     """Writes (z, g) of the active rows into the ring and refreshes the Gram row."""
-    m = state.xs.shape[0]
+    m = state.xs.shape[1]
     slot = state.slot
     active_col = active[:, None]
-    old_x = lax.dynamic_index_in_dim(state.xs, slot, 0, keepdims=False)
-    old_g = lax.dynamic_index_in_dim(state.gs, slot, 0, keepdims=False)
-    xs = lax.dynamic_update_index_in_dim(state.xs, jnp.where(active_col, z, old_x), slot, 0)
-    gs = lax.dynamic_update_index_in_dim(state.gs, jnp.where(active_col, g, old_g), slot, 0)
-    row = jnp.einsum("mbn,bn->bm", gs, jnp.where(active_col, g, old_g))  # [b, m]
+    old_x = lax.dynamic_index_in_dim(state.xs, slot, 1, keepdims=False)
+    old_g = lax.dynamic_index_in_dim(state.gs, slot, 1, keepdims=False)
+    xs = lax.dynamic_update_index_in_dim(state.xs, jnp.where(active_col, z, old_x), slot, 1)
+    gs = lax.dynamic_update_index_in_dim(state.gs, jnp.where(active_col, g, old_g), slot, 1)
+    row = jnp.einsum("bmn,bn->bm", gs, jnp.where(active_col, g, old_g))  # [b, m]
     gram = state.gram
     new_gram = lax.dynamic_update_index_in_dim(gram, row, slot, 1)
     new_gram = lax.dynamic_update_index_in_dim(new_gram, row, slot, 2)
@@ -70,7 +73,7 @@ class Anderson:
 
   def _mix(self, state: AndersonState, z):
     """The Anderson iterate from the stored history, as a step from z."""
-    m = state.xs.shape[0]
+    m = state.xs.shape[1]
     valid = jnp.arange(m) < state.count  # [m]
     gram = state.gram
     batch = gram.shape[0]
@@ -92,17 +95,17 @@ class Anderson:
     )
     rhs = jnp.zeros((batch, m + 1), gram.dtype).at[:, 0].set(1.0)
     alpha = jnp.linalg.solve(bordered, rhs[..., None])[:, 1:, 0]  # [b, m]
-    mixed_x = jnp.einsum("bm,mbn->bn", alpha, state.xs)
-    mixed_g = jnp.einsum("bm,mbn->bn", alpha, state.gs)
+    mixed_x = jnp.einsum("bm,bmn->bn", alpha, state.xs)
+    mixed_g = jnp.einsum("bm,bmn->bn", alpha, state.gs)
     return mixed_x + self.beta * mixed_g - z
 
   def init(self, z, g, max_iter):
     del max_iter
-    m = self.memory
-    batch = z.shape[0]
+    m = self.history
+    batch, n = z.shape
     state = AndersonState(
-      xs=jnp.zeros((m,) + z.shape, z.dtype),
-      gs=jnp.zeros((m,) + z.shape, z.dtype),
+      xs=fresh_zeros((batch, m, n), z),
+      gs=fresh_zeros((batch, m, n), z, element=-1),  # distinct from xs: no copy
       gram=jnp.zeros((batch, m, m), z.dtype),
       count=jnp.zeros((), jnp.int32),
       slot=jnp.zeros((), jnp.int32),

@@ -45,7 +45,7 @@ def define_flags() -> None:
 
 SOLVERS = {
   "Broyden": deqjax.Broyden(),
-  "Anderson (m = 5)": deqjax.Anderson(memory=5),
+  "Anderson (m = 5)": deqjax.Anderson(history=5),
   "fixed-point iteration": deqjax.Iteration(),
 }
 

@@ -66,8 +66,8 @@ def test_bad_options(kwargs, error, pattern):
 def test_bad_solver_settings():
   with pytest.raises(ValueError, match="Broyden history must be None or an int >= 1; got history=0"):
     deqjax.Broyden(history=0)
-  with pytest.raises(ValueError, match="Anderson memory must be an int >= 1"):
-    deqjax.Anderson(memory=0)
+  with pytest.raises(ValueError, match="Anderson history must be an int >= 1; got history=0"):
+    deqjax.Anderson(history=0)
   with pytest.raises(ValueError, match=r"Iteration damping must be in \(0, 1\]"):
     deqjax.Iteration(damping=1.5)
 
