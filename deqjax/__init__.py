@@ -12,6 +12,7 @@ from deqjax._driver import Solver
 from deqjax._fixed_point import fixed_point, root_find
 from deqjax._info import BackwardStats, SolveInfo, Status, backward_probe
 from deqjax._iteration import Iteration
+from deqjax._krylov import GMRES, BiCGStab
 from deqjax._validation import check_backward_options
 
 __version__ = "0.1.0"
@@ -19,7 +20,9 @@ __version__ = "0.1.0"
 __all__ = [
   "Anderson",
   "BackwardStats",
+  "BiCGStab",
   "Broyden",
+  "GMRES",
   "Iteration",
   "SolveInfo",
   "Solver",

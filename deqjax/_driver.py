@@ -11,6 +11,7 @@ one independent system with its own stopping.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -100,46 +101,68 @@ class _Carry(NamedTuple):
   best_z: jax.Array  # [batch, n] lowest-residual iterate seen
   best_residual: jax.Array  # [batch]
   best_scale: jax.Array  # [batch] ||f(best_z)||
+  last_scale: jax.Array  # [batch] ||f(z)|| of the last iterate
   nstep: jax.Array  # [batch] int32
   status: jax.Array  # [batch] int32, RUNNING while iterating
   trace: jax.Array  # [batch, max_iter + 1]
 
 
-def _classify(residual, scale, initial_residual, tol, rtol, divergence_ratio):
-  """Status of each system after an evaluation: RUNNING or why it stops.
+class Limits(NamedTuple):
+  """When a solve stops: its step cap and its tolerances (see `classify`)."""
 
-  NaN compares false with everything, so non-finiteness is tested first and
-  explicitly: a NaN residual must never read as converged.
+  max_iter: int
+  tol: float
+  rtol: float
+  divergence_ratio: float
+  max_growth: float  # inf: no bound
+
+
+def scale_bound(initial_scale: jax.Array, z0: jax.Array, limits: Limits) -> jax.Array:
+  """`[batch]` the run-away bound on the scale: `max_growth` x max(||f(z0)||, ||z0||) (inf: none)."""
+  if not math.isfinite(limits.max_growth):
+    return jnp.full_like(initial_scale, jnp.inf)
+  return limits.max_growth * jnp.maximum(initial_scale, residual_norm(z0))
+
+
+def classify(residual, scale, initial_residual, bound, limits: Limits):
+  """Status of each system `[batch]` after an evaluation: CONVERGED, NONFINITE, DIVERGED or RUNNING.
+
+  An iterate whose scale ||f(z)|| is past the run-away `bound` never counts as converged: growth
+  alone would pass the relative test, and far enough out f(z) - z rounds to 0 and passes any test.
+  It keeps iterating (a quasi-Newton step may overshoot and come back); a system still past the
+  bound at the step cap has DIVERGED (see `final_status`). A residual grown `divergence_ratio`-fold
+  stops the system as DIVERGED at once. NaN compares false with everything, so non-finiteness is
+  tested first and explicitly: a NaN residual must never read as converged.
   """
-  converged = (residual < tol + rtol * scale) | (residual == 0)
-  diverged = residual > divergence_ratio * initial_residual
+  within = scale <= bound
+  converged = within & ((residual < limits.tol + limits.rtol * scale) | (residual == 0))
+  diverged = residual > limits.divergence_ratio * initial_residual
   return jnp.where(
     ~jnp.isfinite(residual),
     Status.NONFINITE,
-    jnp.where(diverged, Status.DIVERGED, jnp.where(converged, Status.CONVERGED, RUNNING)),
+    jnp.where(converged, Status.CONVERGED, jnp.where(diverged, Status.DIVERGED, RUNNING)),
   ).astype(jnp.int32)
 
 
-def solve(
-  residual_fn: ResidualFn,
-  z0: jax.Array,
-  solver: Solver,
-  *,
-  max_iter: int,
-  tol: float,
-  rtol: float,
-  divergence_ratio: float,
-) -> tuple[jax.Array, SolveInfo]:
-  """Iterates `solver` on `residual_fn` from `z0` `[batch, n]`.
+def final_status(status: jax.Array, last_scale: jax.Array, bound: jax.Array) -> jax.Array:
+  """The status of systems stopped by the step cap: DIVERGED if run away (past the bound), else MAX_STEPS."""
+  capped = jnp.where(last_scale > bound, Status.DIVERGED, Status.MAX_STEPS)
+  return jnp.where(status == RUNNING, capped, status).astype(jnp.int32)
+
+
+def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits) -> tuple[jax.Array, SolveInfo]:
+  """Iterates `solver` on `residual_fn` from `z0` `[batch, n]` until `limits` stop each row.
 
   Returns:
     The lowest-residual iterate of each row `[batch, n]` and a batched
     `SolveInfo` (fields `[batch]`, trace `[batch, max_iter + 1]`).
   """
+  max_iter = limits.max_iter
   batch = z0.shape[0]
   g0, scale0 = residual_fn(z0)
   residual0 = residual_norm(g0)
-  status0 = _classify(residual0, scale0, residual0, tol, rtol, divergence_ratio)
+  bound = scale_bound(scale0, z0, limits)
+  status0 = classify(residual0, scale0, residual0, bound, limits)
   solver_state = solver.init(z0, g0, max_iter)
   trace0 = jnp.full((batch, max_iter + 1), -1.0, residual0.dtype).at[:, 0].set(residual0)
 
@@ -155,10 +178,11 @@ def solve(
     # A frozen row keeps its residual even if f mixes rows (e.g. batch statistics).
     g = jnp.where(active_col, g, c.g)
     residual = residual_norm(g)
-    status = jnp.where(active, _classify(residual, scale, residual0, tol, rtol, divergence_ratio), c.status)
-    # The returned iterate is the lowest-residual one, or the one that converged (the status
-    # then describes the iterate returned, even where an earlier one had a lower residual).
-    improved = active & ((residual < c.best_residual) | (status == Status.CONVERGED))
+    status = jnp.where(active, classify(residual, scale, residual0, bound, limits), c.status)
+    # The returned iterate is the lowest-residual one within the run-away bound, or the one that
+    # converged (the status then describes the iterate returned, even where an earlier one had a
+    # lower residual).
+    improved = active & (((residual < c.best_residual) & (scale <= bound)) | (status == Status.CONVERGED))
     still_active = status == RUNNING
     solver_state = solver.update(c.solver_state, z, g, step, g - c.g, still_active)
     return _Carry(
@@ -169,6 +193,7 @@ def solve(
       best_z=jnp.where(improved[:, None], z, c.best_z),
       best_residual=jnp.where(improved, residual, c.best_residual),
       best_scale=jnp.where(improved, scale, c.best_scale),
+      last_scale=jnp.where(active, scale, c.last_scale),
       nstep=c.nstep + active.astype(jnp.int32),
       status=status,
       trace=c.trace.at[:, c.step + 1].set(jnp.where(active, residual, -1.0)),
@@ -185,12 +210,13 @@ def solve(
     best_z=z0,
     best_residual=best_residual0,
     best_scale=scale0,
+    last_scale=scale0,
     nstep=jnp.zeros((batch,), jnp.int32),
     status=status0,
     trace=trace0,
   )
   carry = lax.while_loop(cond, body, carry)
-  status = jnp.where(carry.status == RUNNING, Status.MAX_STEPS, carry.status).astype(jnp.int32)
+  status = final_status(carry.status, carry.last_scale, bound)
   residual = jnp.where(jnp.isfinite(carry.best_residual), carry.best_residual, residual0)
   tiny = jnp.finfo(residual.dtype).tiny
   info = SolveInfo(

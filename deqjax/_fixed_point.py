@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from deqjax import _validation as checks
-from deqjax._driver import Solver, residual_norm, solve
+from deqjax._driver import Limits, Solver, residual_norm, solve
 from deqjax._flat import FlatSpec, make_spec
 from deqjax._info import BackwardStats, SolveInfo, Status, backward_probe, stats_from_info
+from deqjax._krylov import GMRES, BiCGStab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,16 +25,19 @@ class _SolveOptions:
   tol: float
   rtol: float
   divergence_ratio: float
+  max_growth: float
 
   @classmethod
-  def checked(cls, solver, max_iter, tol, rtol, divergence_ratio, prefix=""):
+  def checked(cls, solver, max_iter, tol, rtol, divergence_ratio, max_growth, prefix=""):
     """Validated options; `prefix` ("" or "backward_") names the arguments in errors."""
+    tol, rtol = checks.resolve_tolerances(tol, rtol, prefix)
     return cls(
-      solver=checks.resolve_solver(solver, f"{prefix}solver"),
+      solver=checks.resolve_solver(solver, f"{prefix}solver", linear=prefix == "backward_"),
       max_iter=checks.check_max_iter(max_iter, f"{prefix}max_iter"),
-      tol=checks.check_tolerance(tol, f"{prefix}tol"),
-      rtol=checks.check_tolerance(rtol, f"{prefix}rtol"),
+      tol=tol,
+      rtol=rtol,
       divergence_ratio=_check_divergence_ratio(divergence_ratio),
+      max_growth=checks.resolve_max_growth(max_growth, rtol),
     )
 
   def check_memory(self, spec: FlatSpec, limit: int | None, name: str) -> None:
@@ -55,20 +59,27 @@ class _SolveOptions:
         " (e.g. solver=deqjax.Broyden(history=...)), or raise max_buffer_bytes (None: no limit)."
       )
 
+  @property
+  def limits(self) -> Limits:
+    return Limits(self.max_iter, self.tol, self.rtol, self.divergence_ratio, self.max_growth)
+
+  @property
+  def krylov(self) -> bool:
+    return isinstance(self.solver, (GMRES, BiCGStab))
+
   def run(self, residual_fn, z0_flat):
-    return solve(
-      residual_fn,
-      z0_flat,
-      self.solver,
-      max_iter=self.max_iter,
-      tol=self.tol,
-      rtol=self.rtol,
-      divergence_ratio=self.divergence_ratio,
-    )
+    return solve(residual_fn, z0_flat, self.solver, self.limits)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Options:
+  """Static options of one `_equilibrium` call.
+
+  `root`: False for a fixed point z = fn(params, z, x, *consts), True for a root of
+  g(z) = fn(params, z, x, *consts) = 0 (then the map of the solvers is f(z) = z + g(z)).
+  """
+
+  root: bool
   forward: _SolveOptions
   backward: str
   backward_solve: _SolveOptions
@@ -84,19 +95,25 @@ def _squeeze_info(info, batch_axis):
   return jax.tree.map(lambda a: a[0], info)
 
 
-def _fixed_point_residual(fn, params, x, consts, spec: FlatSpec):
-  """residual_fn for z = fn(params, z, x, *consts) on working matrices."""
+def _residual_fn(fn, options: _Options, params, x, consts):
+  """The solvers' residual_fn on working matrices: (g, scale) = (f(z) - z, ||f(z)||).
+
+  For a root problem fn is g itself and the scale is that of the implied map, ||z + g(z)||.
+  """
+  spec = options.spec
 
   def residual_fn(z_flat):
-    fz = spec.flatten(fn(params, spec.unflatten(z_flat), x, *consts))
-    return fz - z_flat, residual_norm(fz)
+    out = spec.flatten(fn(params, spec.unflatten(z_flat), x, *consts))
+    if options.root:
+      return out, residual_norm(z_flat + out)
+    return out - z_flat, residual_norm(out)
 
   return residual_fn
 
 
 def _forward(fn, options: _Options, params, x, z0, consts):
   spec = options.spec
-  residual_fn = _fixed_point_residual(fn, params, x, consts, spec)
+  residual_fn = _residual_fn(fn, options, params, x, consts)
   z_flat, info = options.forward.run(residual_fn, spec.flatten(z0))
   return spec.unflatten(z_flat), info
 
@@ -124,18 +141,38 @@ def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
   # w^T J is one VJP of f at z*, so the adjoint is solved matrix-free with the
   # same solvers (starting from w = z_bar), and the parameter and input
   # gradients are one more VJP: (theta_bar, x_bar) = w^T df/d(theta, x).
+  #
+  # A root z* of g(theta, z*, x) = 0 the same way: G dz* + (dg/dtheta) dtheta = 0, G = dg/dz at
+  # z*, so dl/dtheta = -z_bar^T G^{-1} dg/dtheta = u^T dg/dtheta with G^T u = -z_bar, i.e. u is
+  # the root of r(u) = G^T u + z_bar (one VJP of g), found from u = z_bar by the same solvers
+  # (for g = f - z, G^T u + z_bar = J^T w + z_bar - w: the adjoint above, so u = w).
   spec = options.spec
   # One linearisation of f at z* serves the adjoint solve (z part) and the final
   # input gradients, so one layer's activations are stored, once.
   _, vjp_f = jax.vjp(lambda p, z, xx, c: fn(p, z, xx, *c), params, z_star, x, consts)
   z_bar_flat = spec.flatten(z_bar)
 
+  def transposed_jacobian(w_flat):  # w -> J^T w (G^T w for a root): one VJP
+    # The other cotangents are dead code inside the loop.
+    return spec.flatten(vjp_f(spec.unflatten(w_flat))[1])
+
   def residual_fn(w_flat):
-    w_jac = vjp_f(spec.unflatten(w_flat))[1]  # the other cotangents are dead code inside the loop
-    h = spec.flatten(w_jac) + z_bar_flat
+    h = transposed_jacobian(w_flat) + z_bar_flat
+    if options.root:
+      return h, residual_norm(w_flat + h)
     return h - w_flat, residual_norm(h)
 
-  w_flat, info = options.backward_solve.run(residual_fn, z_bar_flat)
+  solve_options = options.backward_solve
+  if solve_options.krylov:
+    # The same system as a linear one, A w = z_bar: A w = w - J^T w (A u = -G^T u for a root), so
+    # that z_bar - A w is the residual above.
+    if options.root:
+      matvec = lambda v: -transposed_jacobian(v)
+    else:
+      matvec = lambda v: v - transposed_jacobian(v)
+    w_flat, info = solve_options.solver.solve_linear(matvec, z_bar_flat, z_bar_flat, solve_options.limits)
+  else:
+    w_flat, info = solve_options.run(residual_fn, z_bar_flat)
   # An adjoint that diverged or turned non-finite is no gradient at all: its rows become NaN
   # (so are the parameter gradients they enter), where returning its best iterate would be a
   # finite, wrong gradient. A solve that only reached its cap keeps its (inexact) result.
@@ -148,12 +185,15 @@ def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
 def _phantom_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
   # Phantom gradient: differentiate k damped steps z <- (1 - lam) z + lam f(z)
   # started from z* (held constant). k = 1, lam = 1 is the one-step
-  # (Jacobian-free) gradient z_bar^T df/dtheta at z*.
+  # (Jacobian-free) gradient z_bar^T df/dtheta at z*. For a root of g the step
+  # is z <- z + lam g(z) (the same step for the implied map f(z) = z + g(z)).
   lam = options.phantom_damping
 
   def damped_step(z, p, xx, c):
-    fz = fn(p, z, xx, *c)
-    return jax.tree.map(lambda a, b: (1 - lam) * a + lam * b, z, fz) if lam != 1 else fz
+    out = fn(p, z, xx, *c)
+    if options.root:
+      return jax.tree.map(lambda a, b: a + lam * b, z, out)
+    return jax.tree.map(lambda a, b: (1 - lam) * a + lam * b, z, out) if lam != 1 else out
 
   def unrolled(p, xx, c):
     # A static trip count: a scan under reverse mode, compiled once whatever phantom_steps is.
@@ -190,15 +230,16 @@ def fixed_point(
   *,
   solver: str | Solver = "broyden",
   max_iter: int = 30,
-  tol: float = 1e-6,
-  rtol: float = 1e-4,
+  tol: float | None = None,
+  rtol: float | None = None,
   batch_axis: int | None = None,
   divergence_ratio: float = 1e6,
+  max_growth: float | None = None,
   backward: str = "implicit",
   backward_solver: str | Solver | None = None,
   backward_max_iter: int = 40,
-  backward_tol: float = 1e-6,
-  backward_rtol: float = 1e-4,
+  backward_tol: float | None = None,
+  backward_rtol: float | None = None,
   phantom_steps: int = 1,
   phantom_damping: float = 1.0,
   backward_probe: BackwardStats | None = None,
@@ -231,6 +272,9 @@ def fixed_point(
     tol: absolute tolerance on ||f(z) - z||_2 (per sample with `batch_axis`).
     rtol: relative tolerance on ||f(z) - z||_2 / ||f(z)||_2. A system has
       converged when its residual < tol + rtol * ||f(z)||_2 (or is exactly 0).
+      What is set is what applies: neither set means tol=1e-6, rtol=1e-4;
+      only one set means the other is 0 (`tol=1e-13` alone is a purely
+      absolute test).
     batch_axis: None solves the whole state as one system (one stopping rule,
       one low-rank estimate). An int k treats index i along axis k of every
       leaf of the state as an independent system: own low-rank estimate,
@@ -239,12 +283,21 @@ def fixed_point(
       batch; it must not mix samples for the per-sample solve to be exact.
     divergence_ratio: a residual above this multiple of the initial residual
       stops the system with status DIVERGED.
+    max_growth: a run-away bound. A system's scale ||f(z)|| counts in the
+      relative test only up to max_growth x max(||f(z0)||, ||z0||), and a
+      system past it that has not converged stops with status DIVERGED, so
+      an iterate that runs away is never reported converged by growth alone.
+      None: 0.1 / rtol (a relative convergence within the bound needs a
+      residual under a tenth of the start's scale), no bound when rtol = 0;
+      `float("inf")`: no bound. Applies to the adjoint solve too (with its
+      own rtol when None).
     backward: "implicit" (solve the adjoint fixed point) or "phantom" (damped
       unrolled steps from z*).
     backward_solver: solver of the adjoint system; None uses `solver`.
     backward_max_iter: step cap of the adjoint solve (>= 1).
     backward_tol: absolute tolerance of the adjoint solve.
-    backward_rtol: relative tolerance of the adjoint solve.
+    backward_rtol: relative tolerance of the adjoint solve (the same rule as
+      `tol` / `rtol`; the scale is ||w^T J + z_bar||).
     phantom_steps: number of unrolled steps k of the phantom backward (>= 1).
     phantom_damping: damping lam in (0, 1] of the phantom steps.
     backward_probe: optional `deqjax.backward_probe(...)`; the gradient with
@@ -274,16 +327,10 @@ def fixed_point(
     (True, True)
     >>> grad = jax.grad(lambda a: deqjax.fixed_point(f, a, jnp.ones(3))[0].sum())(0.5)
   """
-  forward = _SolveOptions.checked(solver, max_iter, tol, rtol, divergence_ratio)
-  checks.check_backward_options(backward, phantom_steps, phantom_damping)
-  backward_solve = _SolveOptions.checked(
-    solver if backward_solver is None else backward_solver,
-    backward_max_iter,
-    backward_tol,
-    backward_rtol,
-    divergence_ratio,
-    prefix="backward_",
-  )
+  forward, backward_options = _solve_options(
+    solver, max_iter, tol, rtol, divergence_ratio, max_growth,
+    backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
+  )  # fmt: skip
   batch_axis = checks.check_batch_axis(batch_axis)
   if not isinstance(has_aux, bool):
     raise TypeError(f"has_aux must be a bool; got has_aux={has_aux!r}.")
@@ -297,9 +344,7 @@ def fixed_point(
         )
     z0 = jax.tree.map(jnp.zeros_like, x)
   spec = make_spec(z0, batch_axis, "z0")
-  forward.check_memory(spec, _check_limit(max_buffer_bytes), "")
-  if backward == "implicit":
-    backward_solve.check_memory(spec, max_buffer_bytes, "backward_")
+  _check_memory(forward, backward_options, spec, max_buffer_bytes)
   step = _without_aux(f, params, z0, x) if has_aux else f
   checks.check_same_structure(jax.eval_shape(step, params, z0, x), z0, "f(params, z, x)", "z0")
   checks.reject_forward_mode(params, x, z0)
@@ -307,12 +352,39 @@ def fixed_point(
   probe = _check_probe(backward_probe, spec)
   fn, consts = jax.closure_convert(step, params, z0, x)
   checks.reject_forward_mode(consts)
-  options = _Options(forward, backward, backward_solve, phantom_steps, float(phantom_damping), spec)
+  options = _Options(False, forward, *backward_options, spec)
   z_star, info = _equilibrium(fn, options, params, x, z0, consts, probe)
   if has_aux:
     # Outside the custom VJP: aux's gradient flows through z* (implicitly) and through f directly.
     return z_star, f(params, z_star, x)[1], _squeeze_info(info, batch_axis)
   return z_star, _squeeze_info(info, batch_axis)
+
+
+def _solve_options(
+  solver, max_iter, tol, rtol, divergence_ratio, max_growth,
+  backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
+):  # fmt: skip
+  """The validated forward `_SolveOptions` and the backward fields of `_Options`."""
+  forward = _SolveOptions.checked(solver, max_iter, tol, rtol, divergence_ratio, max_growth)
+  checks.check_backward_options(backward, phantom_steps, phantom_damping)
+  backward_solve = _SolveOptions.checked(
+    solver if backward_solver is None else backward_solver,
+    backward_max_iter,
+    backward_tol,
+    backward_rtol,
+    divergence_ratio,
+    max_growth,
+    prefix="backward_",
+  )
+  return forward, (backward, backward_solve, phantom_steps, float(phantom_damping))
+
+
+def _check_memory(forward: _SolveOptions, backward_options, spec: FlatSpec, max_buffer_bytes) -> None:
+  limit = _check_limit(max_buffer_bytes)
+  forward.check_memory(spec, limit, "")
+  backward, backward_solve = backward_options[:2]
+  if backward == "implicit":
+    backward_solve.check_memory(spec, limit, "backward_")
 
 
 def _without_aux(f, params, z0, x):
@@ -364,38 +436,76 @@ def root_find(
   *,
   solver: str | Solver = "broyden",
   max_iter: int = 30,
-  tol: float = 1e-6,
-  rtol: float = 1e-4,
+  tol: float | None = None,
+  rtol: float | None = None,
   batch_axis: int | None = None,
   divergence_ratio: float = 1e6,
+  max_growth: float | None = None,
+  backward: str = "implicit",
+  backward_solver: str | Solver | None = None,
+  backward_max_iter: int = 40,
+  backward_tol: float | None = None,
+  backward_rtol: float | None = None,
+  phantom_steps: int = 1,
+  phantom_damping: float = 1.0,
+  backward_probe: BackwardStats | None = None,
   max_buffer_bytes: int | None = 2**34,
 ) -> tuple[Any, SolveInfo]:
-  """Finds z with g(z) = 0 using the fixed-point solvers (no custom gradient).
+  r"""Finds z with g(z) = 0 and differentiates the root implicitly.
+
+  .. math::
+     g_\theta(z^\star) = 0, \qquad
+     \frac{d\ell}{d\theta} = u^\top \frac{\partial g}{\partial \theta}, \quad
+     \frac{\partial g}{\partial z}\Big|_{z^\star}^\top u = -\frac{\partial \ell}{\partial z^\star}.
 
   The solvers start from the inverse-Jacobian guess -I, i.e. they assume
   dg/dz is near -I, as for g(z) = f(z) - z; rescale or negate g otherwise.
   The relative residual is ||g(z)|| / ||z + g(z)|| (that of the implied map
-  f(z) = z + g(z)). Differentiating through `root_find` differentiates the
-  solver's iterations; use `fixed_point` for implicit gradients.
+  f(z) = z + g(z)). Reverse-mode gradients flow to every value g closes over
+  (hoisted by `jax.closure_convert`), with the same backward options as
+  `fixed_point`: the adjoint u is the root of G^T u + z_bar, G = dg/dz at the
+  root, found by the solvers from u = z_bar; "phantom" differentiates k steps
+  z <- z + lam g(z) from the root. `z0` receives an exactly zero gradient.
 
   Args:
     g: `g(z) -> residual` with the structure, shapes and dtypes of `z`.
     z0: initial guess (pytree of floating arrays).
-    solver, max_iter, tol, rtol, batch_axis, divergence_ratio,
-      max_buffer_bytes: as for `fixed_point`.
+    solver, max_iter, tol, rtol, batch_axis, divergence_ratio, max_growth,
+      backward, backward_solver, backward_max_iter, backward_tol,
+      backward_rtol, phantom_steps, phantom_damping, backward_probe,
+      max_buffer_bytes: as for `fixed_point` (the scales of the relative
+      tests being ||z + g(z)|| and ||u + r(u)||).
 
   Returns:
-    `(z, info)`: the lowest-residual iterate and its `SolveInfo`.
+    `(z, info)`: the lowest-residual iterate (or the converged one) and its
+    `SolveInfo`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, deqjax
+    >>> cube_root = lambda c: deqjax.root_find(lambda z: (c - z**3) / 3, jnp.ones(()), tol=1e-12)[0]
+    >>> round(float(cube_root(8.0)), 6), round(float(jax.grad(cube_root)(8.0)), 6)  # 1 / (3 c^(2/3))
+    (2.0, 0.083333)
   """
-  options = _SolveOptions.checked(solver, max_iter, tol, rtol, divergence_ratio)
+  forward, backward_options = _solve_options(
+    solver, max_iter, tol, rtol, divergence_ratio, max_growth,
+    backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
+  )  # fmt: skip
   batch_axis = checks.check_batch_axis(batch_axis)
   spec = make_spec(z0, batch_axis, "z0")
-  options.check_memory(spec, _check_limit(max_buffer_bytes), "")
+  _check_memory(forward, backward_options, spec, max_buffer_bytes)
   checks.check_same_structure(jax.eval_shape(g, z0), z0, "g(z)", "z0")
+  checks.reject_forward_mode(z0)
 
-  def residual_fn(z_flat):
-    gz = spec.flatten(g(spec.unflatten(z_flat)))
-    return gz, residual_norm(z_flat + gz)
+  probe = _check_probe(backward_probe, spec)
+  g_converted, consts = jax.closure_convert(g, z0)
+  checks.reject_forward_mode(consts)
+  fn = functools.partial(_root_map, g_converted)
+  options = _Options(True, forward, *backward_options, spec)
+  z, info = _equilibrium(fn, options, (), (), z0, consts, probe)
+  return z, _squeeze_info(info, batch_axis)
 
-  z_flat, info = options.run(residual_fn, spec.flatten(z0))
-  return spec.unflatten(z_flat), _squeeze_info(info, batch_axis)
+
+def _root_map(g_converted, params, z, x, *consts):
+  """`g` in the `fn(params, z, x, *consts)` form of `_equilibrium` (params and x are empty)."""
+  del params, x
+  return g_converted(z, *consts)

@@ -9,24 +9,41 @@ import jax
 from deqjax._anderson import Anderson
 from deqjax._broyden import Broyden
 from deqjax._iteration import Iteration
+from deqjax._krylov import KRYLOV
 
 SOLVERS = {"broyden": Broyden, "anderson": Anderson, "iteration": Iteration}
 
 
-def resolve_solver(solver, name: str):
-  """A solver name ("broyden", "anderson", "iteration") or an object following `deqjax.Solver` -> the object.
+def resolve_solver(solver, name: str, linear: bool = False):
+  """A solver name or an object following `deqjax.Solver` -> the object.
 
   Built-in and user-written solvers pass the same test: callable `init`, `direction` and
-  `update`, and hashable (the solver is a static option of the compiled solve).
+  `update`, and hashable (the solver is a static option of the compiled solve). With `linear`
+  (the adjoint solve) the Krylov solvers "gmres" / "bicgstab" (or `deqjax.GMRES(...)`,
+  `deqjax.BiCGStab()`) are accepted too.
   """
+  names = sorted(SOLVERS) + (sorted(KRYLOV) if linear else [])
+  krylov_classes = tuple(KRYLOV.values())
   if isinstance(solver, str):
-    if solver not in SOLVERS:
-      raise ValueError(f"Unknown {name}={solver!r}; expected one of {sorted(SOLVERS)} or a solver instance.")
-    return SOLVERS[solver]()
+    if solver in KRYLOV and not linear:
+      raise ValueError(
+        f"{name}={solver!r} solves linear systems only: pass it as backward_solver (the adjoint solve); the"
+        f" forward solve takes one of {sorted(SOLVERS)}."
+      )
+    if solver not in names:
+      raise ValueError(f"Unknown {name}={solver!r}; expected one of {names} or a solver instance.")
+    return {**SOLVERS, **KRYLOV}[solver]()
+  if isinstance(solver, krylov_classes):
+    if not linear:
+      raise ValueError(
+        f"{name}={type(solver).__name__}(...) solves linear systems only: pass it as backward_solver (the adjoint"
+        " solve)."
+      )
+    return solver
   missing = [m for m in ("init", "direction", "update") if not callable(getattr(solver, m, None))]
   if missing:
     raise TypeError(
-      f"{name} must be one of {sorted(SOLVERS)} or an object with the deqjax.Solver methods init, direction and"
+      f"{name} must be one of {names} or an object with the deqjax.Solver methods init, direction and"
       f" update; got {type(solver).__name__}, which lacks {missing}."
     )
   try:
@@ -65,6 +82,41 @@ def check_tolerance(value, name: str) -> float:
   if not (value >= 0 and math.isfinite(value)):
     raise ValueError(f"{name} must be a finite number >= 0; got {name}={value}.")
   return float(value)
+
+
+DEFAULT_TOL = 1e-6
+DEFAULT_RTOL = 1e-4
+
+
+def resolve_tolerances(tol, rtol, prefix: str = "") -> tuple[float, float]:
+  """The (absolute, relative) tolerances a solve stops on, by one rule: what is set is what applies.
+
+  Neither set (both None): the defaults, tol 1e-6 + rtol 1e-4 * ||f(z)||. Only one set: that one
+  alone (the other is 0), so `tol=1e-13` means ||f(z) - z|| < 1e-13 and is not loosened by a
+  default relative tolerance. Both set: a system stops when residual < tol + rtol * ||f(z)||.
+  `prefix` ("" or "backward_") names the arguments in errors.
+  """
+  if tol is None and rtol is None:
+    return DEFAULT_TOL, DEFAULT_RTOL
+  tol = 0.0 if tol is None else check_tolerance(tol, f"{prefix}tol")
+  rtol = 0.0 if rtol is None else check_tolerance(rtol, f"{prefix}rtol")
+  return tol, rtol
+
+
+def resolve_max_growth(max_growth, rtol: float) -> float:
+  """The run-away bound on a system's scale ||f(z)||, as a multiple of its start's; inf for none.
+
+  None: the smaller of 0.1 / rtol and 1e6. Within 0.1 / rtol a relative convergence needs a residual
+  below a tenth of the start's scale (real progress, not growth); 1e6 bounds an absolute test,
+  which a far enough run-away also passes once f(z) - z rounds to 0.
+  """
+  if max_growth is None:
+    return min(0.1 / rtol, 1e6) if rtol > 0 else 1e6
+  if isinstance(max_growth, bool) or not isinstance(max_growth, (int, float)) or not max_growth > 1:
+    raise ValueError(
+      f"max_growth must be None (automatic) or a number > 1 (inf: no bound); got max_growth={max_growth!r}."
+    )
+  return float(max_growth)
 
 
 def check_batch_axis(value) -> int | None:

@@ -112,7 +112,9 @@ def test_nan_input_is_reported_at_once():
 
 def test_divergence_is_reported():
   f = lambda _, z, x: 3.0 * z + x
-  _, info = deqjax.fixed_point(f, None, jnp.ones(4), solver="iteration", max_iter=100, divergence_ratio=1e3)
+  # The residual-growth rule alone (no run-away bound on the scale).
+  kw = dict(solver="iteration", max_iter=100, divergence_ratio=1e3, max_growth=float("inf"))
+  _, info = deqjax.fixed_point(f, None, jnp.ones(4), **kw)
   assert int(info.status) == Status.DIVERGED
   assert int(info.nstep) < 100
   assert float(jnp.max(info.trace)) > 1e3 * float(info.trace[0])
@@ -147,14 +149,16 @@ def test_the_status_describes_the_iterate_returned():
   # Iterates z = 0, 1, 2 with residuals 10, 1, 2 and ||f(z)|| = 1, 1, 100; rtol = 0.5: iterate 1
   # has the lowest residual but has not converged (1 > 0.5 * 1); iterate 2 has (2 < 0.5 * 100).
   # The solve must return iterate 2 with its own residual, not iterate 1 labelled CONVERGED.
-  from deqjax._driver import solve
+  from deqjax._driver import Limits, solve
+
+  scripted = Limits(max_iter=5, tol=0.0, rtol=0.5, divergence_ratio=1e6, max_growth=float("inf"))
 
   def residual_fn(z):
     residual = jnp.where(z[:, 0] == 0, 10.0, jnp.where(z[:, 0] == 1, 1.0, 2.0))
     scale = jnp.where(z[:, 0] == 2, 100.0, 1.0)
     return jnp.stack([residual, jnp.zeros_like(residual)], axis=1), scale
 
-  z, info = solve(residual_fn, jnp.zeros((1, 2)), _ScriptedSteps(), max_iter=5, tol=0.0, rtol=0.5, divergence_ratio=1e6)
+  z, info = solve(residual_fn, jnp.zeros((1, 2)), _ScriptedSteps(), scripted)
   assert int(info.status[0]) == Status.CONVERGED and int(info.nstep[0]) == 2
   assert float(z[0, 0]) == 2.0 and float(info.residual[0]) == 2.0 and float(info.rel_residual[0]) == 0.02
 
@@ -177,10 +181,86 @@ def test_solver_memory_over_the_limit_is_refused_before_compiling():
   # Broyden with max_iter 10 keeps m = 9 updates of a [1, 4] float64 state: 2 buffers [1, m, 4], 2
   # matrices [1, m, m], 2 vectors [1, m] (252 entries of 8 bytes) and an int32 count: 2,020 bytes.
   z = jnp.zeros((1, 4))
-  deqjax.root_find(lambda z: -z, z, max_iter=10, max_buffer_bytes=2020)
+  deqjax.root_find(lambda z: -z, z, max_iter=10, backward_max_iter=10, max_buffer_bytes=2020)
   with pytest.raises(ValueError, match=r"would take 2,020 bytes .* over max_buffer_bytes=2019 "):
-    deqjax.root_find(lambda z: -z, z, max_iter=10, max_buffer_bytes=2019)
+    deqjax.root_find(lambda z: -z, z, max_iter=10, backward="phantom", max_buffer_bytes=2019)
   with pytest.raises(ValueError, match=r"backward solver's buffers .* backward_max_iter=50,"):
     deqjax.fixed_point(f, 0.5, jnp.zeros(64), max_iter=5, backward_max_iter=50, max_buffer_bytes=50_000)
   unlimited = lambda x: deqjax.fixed_point(f, 0.5, x, max_iter=100000, batch_axis=0, max_buffer_bytes=None)
   assert jax.eval_shape(unlimited, x)[0].shape == x.shape  # None: traced (and would be compiled) as asked
+
+
+# ---------------------------------------------------------------------------
+# Tolerances: what is set is what applies; a run-away is never converged
+# ---------------------------------------------------------------------------
+def test_a_tolerance_set_alone_is_the_one_that_applies():
+  # z = cos(z) + theta: ||f(z)|| ~ 1.6, so the default relative test (1e-4 * 1.6) stops far above 1e-13.
+  f = lambda theta, z, x: jnp.cos(z) + theta
+  x = jnp.zeros(4)
+  _, default = deqjax.fixed_point(f, 0.3, x)
+  assert bool(default.converged) and 1e-10 < float(default.residual) < 1e-6 + 1e-4 * 1.7
+  _, absolute = deqjax.fixed_point(f, 0.3, x, tol=1e-13)
+  assert bool(absolute.converged) and float(absolute.residual) < 1e-13
+  _, relative = deqjax.fixed_point(f, 0.3, x, rtol=1e-12)
+  assert bool(relative.converged) and float(relative.rel_residual) < 1e-12
+  # A loose tolerance set alone is not tightened by the other default either: tol=0.5 stops at once
+  # for a start whose residual is ||cos(0) + 0.3|| = 2.6 after one step, not at 1e-4 relative.
+  _, loose = deqjax.fixed_point(f, 0.3, x, tol=0.5)
+  assert bool(loose.converged) and 0.5 * 1e-4 < float(loose.residual) < 0.5
+  # Both set: residual < tol + rtol * ||f(z)||, the sum.
+  _, both = deqjax.fixed_point(f, 0.3, x, tol=1e-9, rtol=1e-9, max_iter=50)
+  assert bool(both.converged) and float(both.residual) < 1e-9 + 1e-9 * 1.7
+  # The adjoint follows the same rule: backward_tol alone is met, whatever the default rtol.
+  probe = deqjax.backward_probe()
+  stats = jax.grad(lambda q: jnp.sum(deqjax.fixed_point(f, 0.3, x, backward_tol=1e-13, backward_probe=q)[0]))(probe)
+  assert float(stats.converged) == 1.0 and float(stats.residual) < 1e-13
+
+
+# Plain iteration moves ~1 a step: it passes the bound (3e3) after ~1e3 steps; the others jump.
+@pytest.mark.parametrize(("solver", "max_iter"), [("broyden", 60), ("anderson", 60), ("iteration", 1100)])
+def test_a_run_away_iterate_is_diverged_not_converged(solver, max_iter):
+  # z = z + 1 + 0.1 sin z has no solution: the residual stays in [0.9, 1.1] per entry while z runs
+  # away, so ||f(z)|| grows until the default relative test (1e-4) would pass by growth alone (and,
+  # further out, z + 1 rounds to z: a residual of exactly 0).
+  f = lambda _, z, x: z + 1 + 0.1 * jnp.sin(z) + x
+  x = jnp.zeros(9)
+  z, info = deqjax.fixed_point(f, None, x, solver=solver, max_iter=max_iter)
+  assert int(info.status) == Status.DIVERGED and not bool(info.converged)
+  # The automatic bound is 0.1 / rtol = 1e3 times the start's scale ||f(0)|| = 3: the iterate
+  # returned is the best one within it, with its true residual (about 3).
+  assert float(jnp.linalg.norm(f(None, z, x))) <= 1e3 * 3
+  assert 0.9 * 3 < float(info.residual) < 1.1 * 3
+  np.testing.assert_allclose(info.residual, jnp.linalg.norm(f(None, z, x) - z), rtol=1e-12)
+  # Per sample: the system with a fixed point converges, the run-away one alone diverges.
+  shift = jnp.array([1.0, 0.0])
+  g = lambda s, z, x: s[:, None] * (z + 1 + 0.1 * jnp.sin(z)) + (1 - s[:, None]) * 0.5 * jnp.tanh(z) + x
+  _, per_sample = deqjax.fixed_point(g, shift, jnp.zeros((2, 3)), solver=solver, batch_axis=0, max_iter=max_iter)
+  assert per_sample.status.tolist() == [Status.DIVERGED, Status.CONVERGED]
+
+
+def test_without_the_bound_a_run_away_is_capped_and_an_overshoot_is_not_stopped():
+  f = lambda _, z, x: z + 1 + 0.1 * jnp.sin(z) + x
+  # Plain iteration (z grows by ~1 a step) with an absolute test and no bound reaches its cap.
+  kw = dict(solver="iteration", max_iter=50, tol=1e-6, max_growth=float("inf"))
+  _, capped = deqjax.fixed_point(f, None, jnp.zeros(9), **kw)
+  assert int(capped.status) == Status.MAX_STEPS and int(capped.nstep) == 50
+  # A step past the bound is not a stop: a linear map's second Broyden step overshoots z* = 100 x
+  # when the bound is 10 x the start, the solve goes on, and it is DIVERGED only at the cap.
+  g = lambda a, z, x: a * z + x
+  z, info = deqjax.fixed_point(g, 0.99, jnp.ones(6), tol=1e-8, max_growth=10.0, max_iter=20)
+  assert int(info.status) == Status.DIVERGED and int(info.nstep) == 20
+  assert float(jnp.linalg.norm(g(0.99, z, jnp.ones(6)))) <= 10 * jnp.sqrt(6.0)
+
+
+def test_a_distant_true_fixed_point_still_converges():
+  # z = 0.99 z + x: z* = 100 x, 100 times the start's scale, inside the automatic bound (1e3).
+  f = lambda a, z, x: a * z + x
+  x = jnp.ones(6)
+  z, info = deqjax.fixed_point(f, 0.99, x)
+  assert bool(info.converged)
+  np.testing.assert_allclose(z, 100 * x, rtol=1e-4)
+  # Absolute test only: the automatic bound is 1e6, and z* = 1e4 x converges to 1e-8.
+  z, info = deqjax.fixed_point(f, 0.9999, x, tol=1e-8)
+  assert bool(info.converged) and float(info.residual) < 1e-8
+  with pytest.raises(ValueError, match="max_growth must be None .* or a number > 1 .*; got max_growth=1"):
+    deqjax.fixed_point(f, 0.99, x, max_growth=1)

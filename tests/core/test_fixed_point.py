@@ -165,6 +165,71 @@ def test_root_find_cube_root():
     deqjax.root_find(lambda z: z[:1], jnp.ones((3,)))
 
 
+def test_root_find_gradients_are_implicit_and_match_closed_form_and_finite_differences():
+  # Root of g(z) = (c - z^3) / 3: z* = c^(1/3), dz*/dc = 1 / (3 c^(2/3)), per coordinate.
+  c = jnp.array([2.0, 8.0, 27.0])
+  tight = dict(tol=1e-13, backward_tol=1e-13)
+  root = lambda c, **kw: deqjax.root_find(lambda z: (c - z**3) / 3.0, jnp.ones(3), **tight, **kw)[0]
+  np.testing.assert_allclose(jax.grad(lambda c: jnp.sum(root(c)))(c), 1 / (3 * c ** (2 / 3)), rtol=1e-10)
+  # A pytree of closed-over parameters, per-sample systems, a vector-valued loss: the Jacobian of
+  # the root of g(z) = A z - tanh(B z) + x (a monotone map near -I) against central differences.
+  n = 5
+  a = -jnp.eye(n) + 0.2 * jax.random.normal(jax.random.key(0), (n, n), jnp.float64) / n**0.5
+  params = {"a": a, "b": 0.3 * jax.random.normal(jax.random.key(1), (n, n), jnp.float64) / n**0.5}
+  x = jax.random.normal(jax.random.key(2), (3, n), jnp.float64)
+
+  def solve(params, x):
+    g = lambda z: z @ params["a"].T - jnp.tanh(z @ params["b"].T) + x
+    return deqjax.root_find(g, jnp.zeros_like(x), batch_axis=0, max_iter=60, **tight)
+
+  z, info = solve(params, x)
+  assert bool(jnp.all(info.converged)) and float(jnp.max(info.residual)) < 1e-13
+  np.testing.assert_allclose(z @ a.T - jnp.tanh(z @ params["b"].T), -x, atol=1e-12)
+  weights = jax.random.normal(jax.random.key(3), (3, n), jnp.float64)
+  loss = lambda params, x: jnp.sum(weights * jnp.sin(solve(params, x)[0]))
+  grads = jax.grad(loss, argnums=(0, 1))(params, x)
+  leaves, treedef = jax.tree.flatten((params, x))
+  h = 1e-6
+  for i, (leaf, grad) in enumerate(zip(leaves, jax.tree.leaves(grads), strict=True)):
+    direction = jax.random.normal(jax.random.key(4 + i), leaf.shape, jnp.float64)
+    shifted = lambda sign, i=i, direction=direction: jax.tree.unflatten(
+      treedef, [v + sign * h * direction if j == i else v for j, v in enumerate(leaves)]
+    )
+    central = (loss(*shifted(1)) - loss(*shifted(-1))) / (2 * h)
+    np.testing.assert_allclose(jnp.sum(grad * direction), central, rtol=1e-7, err_msg=f"leaf {i}")
+
+
+def test_root_find_has_fixed_point_s_backward_options():
+  # g = f - z for the tanh layer: every backward option gives the gradient fixed_point gives for f,
+  # and the adjoint statistics arrive through the probe.
+  params = tanh_params(jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (4, 6), jnp.float64)
+  z0 = jnp.zeros_like(x)
+
+  def losses(p, probe, **kw):
+    g = lambda z: tanh_layer(p, z, x) - z
+    z_root, _ = deqjax.root_find(g, z0, batch_axis=0, backward_probe=probe, **kw)
+    z_fixed, _ = deqjax.fixed_point(tanh_layer, p, x, z0, batch_axis=0, **kw)
+    return jnp.sum(jnp.cos(z_root)), jnp.sum(jnp.cos(z_fixed))
+
+  options = [
+    dict(tol=1e-12, backward_tol=1e-12),
+    dict(tol=1e-12, backward="phantom", phantom_steps=3, phantom_damping=0.7),
+    dict(tol=1e-12, backward_solver="anderson", backward_tol=1e-12),
+  ]
+  for kw in options:
+    probe = deqjax.backward_probe(4)
+    root_grad, stats = jax.grad(lambda p, q, kw=kw: losses(p, q, **kw)[0], argnums=(0, 1))(params, probe)
+    fixed_grad = jax.grad(lambda p, kw=kw: losses(p, None, **kw)[1])(params)
+    for a, b in zip(jax.tree.leaves(root_grad), jax.tree.leaves(fixed_grad), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=str(kw))
+    if kw.get("backward") == "phantom":
+      assert float(jnp.sum(stats.nstep)) == 0.0
+    else:
+      assert bool(jnp.all(stats.converged == 1.0)) and float(jnp.min(stats.nstep)) >= 1
+      assert float(jnp.max(stats.residual)) < 1e-12
+
+
 def test_a_diverging_adjoint_gives_a_nan_gradient_not_a_wrong_one():
   # z = 2z + x: z* = -x and dz*/dx = -1, but the adjoint iteration w <- 2w + 1 diverges.
   f = lambda a, z, x: a * z + x
