@@ -101,7 +101,6 @@ class _Carry(NamedTuple):
   best_z: jax.Array  # [batch, n] lowest-residual iterate seen
   best_residual: jax.Array  # [batch]
   best_scale: jax.Array  # [batch] ||f(best_z)||
-  last_scale: jax.Array  # [batch] ||f(z)|| of the last iterate
   nstep: jax.Array  # [batch] int32
   status: jax.Array  # [batch] int32, RUNNING while iterating
   trace: jax.Array  # [batch, max_iter + 1]
@@ -129,8 +128,9 @@ def classify(residual, scale, initial_residual, bound, limits: Limits):
 
   An iterate whose scale ||f(z)|| is past the run-away `bound` never counts as converged: growth
   alone would pass the relative test, and far enough out f(z) - z rounds to 0 and passes any test.
-  It keeps iterating (a quasi-Newton step may overshoot and come back); a system still past the
-  bound at the step cap has DIVERGED (see `final_status`). A residual grown `divergence_ratio`-fold
+  It keeps iterating (a quasi-Newton step may overshoot and come back) and is never returned as
+  the best iterate; a run-away thus ends at the step cap as MAX_STEPS with the best iterate within
+  the bound, its residual reported as it is. A residual grown `divergence_ratio`-fold
   stops the system as DIVERGED at once. NaN compares false with everything, so non-finiteness is
   tested first and explicitly: a NaN residual must never read as converged.
   """
@@ -144,10 +144,9 @@ def classify(residual, scale, initial_residual, bound, limits: Limits):
   ).astype(jnp.int32)
 
 
-def final_status(status: jax.Array, last_scale: jax.Array, bound: jax.Array) -> jax.Array:
-  """The status of systems stopped by the step cap: DIVERGED if run away (past the bound), else MAX_STEPS."""
-  capped = jnp.where(last_scale > bound, Status.DIVERGED, Status.MAX_STEPS)
-  return jnp.where(status == RUNNING, capped, status).astype(jnp.int32)
+def final_status(status: jax.Array) -> jax.Array:
+  """The status of systems stopped by the step cap: MAX_STEPS (the best iterate within the bound is returned)."""
+  return jnp.where(status == RUNNING, Status.MAX_STEPS, status).astype(jnp.int32)
 
 
 def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits) -> tuple[jax.Array, SolveInfo]:
@@ -193,7 +192,6 @@ def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits
       best_z=jnp.where(improved[:, None], z, c.best_z),
       best_residual=jnp.where(improved, residual, c.best_residual),
       best_scale=jnp.where(improved, scale, c.best_scale),
-      last_scale=jnp.where(active, scale, c.last_scale),
       nstep=c.nstep + active.astype(jnp.int32),
       status=status,
       trace=c.trace.at[:, c.step + 1].set(jnp.where(active, residual, -1.0)),
@@ -210,13 +208,12 @@ def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits
     best_z=z0,
     best_residual=best_residual0,
     best_scale=scale0,
-    last_scale=scale0,
     nstep=jnp.zeros((batch,), jnp.int32),
     status=status0,
     trace=trace0,
   )
   carry = lax.while_loop(cond, body, carry)
-  status = final_status(carry.status, carry.last_scale, bound)
+  status = final_status(carry.status)
   residual = jnp.where(jnp.isfinite(carry.best_residual), carry.best_residual, residual0)
   tiny = jnp.finfo(residual.dtype).tiny
   info = SolveInfo(

@@ -283,14 +283,13 @@ def fixed_point(
       batch; it must not mix samples for the per-sample solve to be exact.
     divergence_ratio: a residual above this multiple of the initial residual
       stops the system with status DIVERGED.
-    max_growth: a run-away bound. A system's scale ||f(z)|| counts in the
-      relative test only up to max_growth x max(||f(z0)||, ||z0||), and a
-      system past it that has not converged stops with status DIVERGED, so
-      an iterate that runs away is never reported converged by growth alone.
-      None: 0.1 / rtol (a relative convergence within the bound needs a
-      residual under a tenth of the start's scale), no bound when rtol = 0;
-      `float("inf")`: no bound. Applies to the adjoint solve too (with its
-      own rtol when None).
+    max_growth: the run-away bound. An iterate whose scale ||f(z)|| exceeds
+      max_growth x max(||f(z0)||, ||z0||) is neither converged nor returned
+      (the solve goes on; a run-away ends at the cap as MAX_STEPS with the
+      best iterate within the bound), so growth alone never passes a test.
+      None: min(0.1 / rtol, 1e6) (a relative convergence needs a residual
+      under a tenth of the start's scale); `float("inf")`: no bound. Applies
+      to the adjoint solve too (with its own rtol when None).
     backward: "implicit" (solve the adjoint fixed point) or "phantom" (damped
       unrolled steps from z*).
     backward_solver: solver of the adjoint system; None uses `solver`.
