@@ -149,12 +149,13 @@ def final_status(status: jax.Array) -> jax.Array:
   return jnp.where(status == RUNNING, Status.MAX_STEPS, status).astype(jnp.int32)
 
 
-def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits) -> tuple[jax.Array, SolveInfo]:
+def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits) -> tuple[jax.Array, SolveInfo, Any]:
   """Iterates `solver` on `residual_fn` from `z0` `[batch, n]` until `limits` stop each row.
 
   Returns:
-    The lowest-residual iterate of each row `[batch, n]` and a batched
-    `SolveInfo` (fields `[batch]`, trace `[batch, max_iter + 1]`).
+    The lowest-residual iterate of each row `[batch, n]`, a batched `SolveInfo` (fields
+    `[batch]`, trace `[batch, max_iter + 1]`) and the solver's final state (unused values cost
+    nothing under jit: XLA drops them).
   """
   max_iter = limits.max_iter
   batch = z0.shape[0]
@@ -224,4 +225,4 @@ def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits
     status=status,
     trace=carry.trace,
   )
-  return carry.best_z, info
+  return carry.best_z, info, carry.solver_state
