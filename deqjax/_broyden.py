@@ -207,19 +207,3 @@ class Broyden:
     if isinstance(state, CompactBroydenState):
       return _compact_update(state, g, dz, dg, active)
     return _ring_update(state, g, dz, dg, active)
-
-  def transposed_inverse_product(self, state, v: jax.Array) -> jax.Array:
-    """B^T v `[batch, n]`: the transpose of the inverse-Jacobian estimate of a finished solve, applied to v.
-
-    B^T v = -v + sum_k v_k (u_k . v) = -v + V^T (U v). In the compact form U v = M (S v) and
-    V^T a = D^T (L^T a). When the solve reached its cap, the last update was written over the last
-    row (see `init`); that row and the update it held are left out, so B^T is the estimate after
-    one update fewer, exact for what it holds.
-    """
-    if isinstance(state, RingBroydenState):
-      return _combine(_dots(state.us, v)[:, None], state.vs)[:, 0] - v
-    m = state.s_rows.shape[1]
-    valid = jnp.where(state.count > m, m - 1, state.count)  # rows holding an update of their own
-    keep = (jnp.arange(m) < valid).astype(v.dtype)[None]  # [1, m]
-    a = _matvec(state.m_coef, _dots(state.s_rows, v) * keep) * keep  # U v, rows past `valid` dropped
-    return _combine(_vecmat(a, state.l_coef)[:, None], state.d_rows)[:, 0] - v

@@ -149,13 +149,12 @@ def final_status(status: jax.Array) -> jax.Array:
   return jnp.where(status == RUNNING, Status.MAX_STEPS, status).astype(jnp.int32)
 
 
-def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits) -> tuple[jax.Array, SolveInfo, Any]:
+def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits) -> tuple[jax.Array, SolveInfo]:
   """Iterates `solver` on `residual_fn` from `z0` `[batch, n]` until `limits` stop each row.
 
   Returns:
-    The lowest-residual iterate of each row `[batch, n]`, a batched `SolveInfo` (fields
-    `[batch]`, trace `[batch, max_iter + 1]`) and the solver's final state (unused values cost
-    nothing under jit: XLA drops them).
+    The lowest-residual iterate of each row `[batch, n]` and a batched
+    `SolveInfo` (fields `[batch]`, trace `[batch, max_iter + 1]`).
   """
   max_iter = limits.max_iter
   batch = z0.shape[0]
@@ -225,4 +224,4 @@ def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits
     status=status,
     trace=carry.trace,
   )
-  return carry.best_z, info, carry.solver_state
+  return carry.best_z, info

@@ -71,9 +71,6 @@ class _SolveOptions:
     return solve(residual_fn, z0_flat, self.solver, self.limits)
 
 
-BACKWARD_INITS = ("cotangent", "shine")
-
-
 @dataclasses.dataclass(frozen=True)
 class _Options:
   """Static options of one `_equilibrium` call.
@@ -88,7 +85,6 @@ class _Options:
   backward_solve: _SolveOptions
   phantom_steps: int
   phantom_damping: float
-  backward_init: str
   spec: FlatSpec
 
 
@@ -118,26 +114,24 @@ def _residual_fn(fn, options: _Options, params, x, consts):
 def _forward(fn, options: _Options, params, x, z0, consts):
   spec = options.spec
   residual_fn = _residual_fn(fn, options, params, x, consts)
-  z_flat, info, solver_state = options.forward.run(residual_fn, spec.flatten(z0))
-  return spec.unflatten(z_flat), info, solver_state
+  z_flat, info = options.forward.run(residual_fn, spec.flatten(z0))
+  return spec.unflatten(z_flat), info
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _equilibrium(fn, options: _Options, params, x, z0, consts, probe):
   del probe
-  return _forward(fn, options, params, x, z0, consts)[:2]
+  return _forward(fn, options, params, x, z0, consts)
 
 
 def _equilibrium_fwd(fn, options, params, x, z0, consts, probe):
   del probe
-  z_star, info, solver_state = _forward(fn, options, params, x, z0, consts)
-  # The initial guess is not kept: its gradient is exactly zero. The forward solver's state is
-  # kept only for SHINE (its inverse-Jacobian estimate starts the adjoint solve).
-  kept_state = solver_state if options.backward_init == "shine" else None
-  return (z_star, info), (params, x, consts, z_star, kept_state)
+  z_star, info = _forward(fn, options, params, x, z0, consts)
+  # The initial guess is not kept: its gradient is exactly zero.
+  return (z_star, info), (params, x, consts, z_star)
 
 
-def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar, forward_state):
+def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
   # Implicit function theorem. Differentiating z* = f(theta, z*, x) gives
   #   dz* = J dz* + (df/dtheta) dtheta,  J = df/dz at z*,
   # so dz*/dtheta = (I - J)^{-1} df/dtheta and, for a loss l with z_bar = dl/dz*,
@@ -152,10 +146,6 @@ def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar, 
   # z*, so dl/dtheta = -z_bar^T G^{-1} dg/dtheta = u^T dg/dtheta with G^T u = -z_bar, i.e. u is
   # the root of r(u) = G^T u + z_bar (one VJP of g), found from u = z_bar by the same solvers
   # (for g = f - z, G^T u + z_bar = J^T w + z_bar - w: the adjoint above, so u = w).
-  #
-  # SHINE (Ramzi et al., 2022) starts the adjoint solve from the forward solve's estimate: Broyden
-  # keeps B ~ (dg/dz)^{-1} with g = f - z, so w^T = -z_bar^T (J - I)^{-1} ~ -z_bar^T B, i.e.
-  # w_0 = -B^T z_bar (for a root, u = -G^{-T} z_bar ~ -B^T z_bar alike) instead of w_0 = z_bar.
   spec = options.spec
   # One linearisation of f at z* serves the adjoint solve (z part) and the final
   # input gradients, so one layer's activations are stored, once.
@@ -172,9 +162,6 @@ def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar, 
       return h, residual_norm(w_flat + h)
     return h - w_flat, residual_norm(h)
 
-  w0_flat = z_bar_flat
-  if options.backward_init == "shine":
-    w0_flat = -options.forward.solver.transposed_inverse_product(forward_state, z_bar_flat)
   solve_options = options.backward_solve
   if solve_options.krylov:
     # The same system as a linear one, A w = z_bar: A w = w - J^T w (A u = -G^T u for a root), so
@@ -183,9 +170,9 @@ def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar, 
       matvec = lambda v: -transposed_jacobian(v)
     else:
       matvec = lambda v: v - transposed_jacobian(v)
-    w_flat, info = solve_options.solver.solve_linear(matvec, z_bar_flat, w0_flat, solve_options.limits)
+    w_flat, info = solve_options.solver.solve_linear(matvec, z_bar_flat, z_bar_flat, solve_options.limits)
   else:
-    w_flat, info, _ = solve_options.run(residual_fn, w0_flat)
+    w_flat, info = solve_options.run(residual_fn, z_bar_flat)
   # An adjoint that diverged or turned non-finite is no gradient at all: its rows become NaN
   # (so are the parameter gradients they enter), where returning its best iterate would be a
   # finite, wrong gradient. A solve that only reached its cap keeps its (inexact) result.
@@ -195,12 +182,11 @@ def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar, 
   return params_bar, x_bar, consts_bar, stats_from_info(info)
 
 
-def _phantom_backward(fn, options: _Options, params, x, consts, z_star, z_bar, forward_state):
+def _phantom_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
   # Phantom gradient: differentiate k damped steps z <- (1 - lam) z + lam f(z)
   # started from z* (held constant). k = 1, lam = 1 is the one-step
   # (Jacobian-free) gradient z_bar^T df/dtheta at z*. For a root of g the step
   # is z <- z + lam g(z) (the same step for the implied map f(z) = z + g(z)).
-  del forward_state
   lam = options.phantom_damping
 
   def damped_step(z, p, xx, c):
@@ -224,10 +210,10 @@ def _phantom_backward(fn, options: _Options, params, x, consts, z_star, z_bar, f
 
 
 def _equilibrium_bwd(fn, options: _Options, residuals, cotangents):
-  params, x, consts, z_star, forward_state = residuals
+  params, x, consts, z_star = residuals
   z_bar, _ = cotangents
   backward = _implicit_backward if options.backward == "implicit" else _phantom_backward
-  params_bar, x_bar, consts_bar, stats = backward(fn, options, params, x, consts, z_star, z_bar, forward_state)
+  params_bar, x_bar, consts_bar, stats = backward(fn, options, params, x, consts, z_star, z_bar)
   stats = _squeeze_info(stats, options.spec.batch_axis)
   z0_bar = jax.tree.map(jnp.zeros_like, z_star)
   return params_bar, x_bar, z0_bar, consts_bar, stats
@@ -256,7 +242,6 @@ def fixed_point(
   backward_rtol: float | None = None,
   phantom_steps: int = 1,
   phantom_damping: float = 1.0,
-  backward_init: str = "cotangent",
   backward_probe: BackwardStats | None = None,
   max_buffer_bytes: int | None = 2**34,
   has_aux: bool = False,
@@ -314,10 +299,6 @@ def fixed_point(
       `tol` / `rtol`; the scale is ||w^T J + z_bar||).
     phantom_steps: number of unrolled steps k of the phantom backward (>= 1).
     phantom_damping: damping lam in (0, 1] of the phantom steps.
-    backward_init: where the adjoint solve starts: "cotangent" (w = z_bar) or
-      "shine" (w = -B^T z_bar, B the forward Broyden's inverse-Jacobian
-      estimate; Ramzi et al., 2022). SHINE keeps the forward solver's state
-      (2 x max_iter x n per system) until the backward pass.
     backward_probe: optional `deqjax.backward_probe(...)`; the gradient with
       respect to it is the `BackwardStats` of the backward pass.
     max_buffer_bytes: the most memory a solver's state may take (16 GiB by
@@ -348,7 +329,6 @@ def fixed_point(
   forward, backward_options = _solve_options(
     solver, max_iter, tol, rtol, divergence_ratio, max_growth,
     backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
-    backward_init,
   )  # fmt: skip
   batch_axis = checks.check_batch_axis(batch_axis)
   if not isinstance(has_aux, bool):
@@ -382,7 +362,6 @@ def fixed_point(
 def _solve_options(
   solver, max_iter, tol, rtol, divergence_ratio, max_growth,
   backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
-  backward_init,
 ):  # fmt: skip
   """The validated forward `_SolveOptions` and the backward fields of `_Options`."""
   forward = _SolveOptions.checked(solver, max_iter, tol, rtol, divergence_ratio, max_growth)
@@ -396,19 +375,7 @@ def _solve_options(
     max_growth,
     prefix="backward_",
   )
-  if backward_init not in BACKWARD_INITS:
-    raise ValueError(f"Unknown backward_init={backward_init!r}; expected one of {list(BACKWARD_INITS)}.")
-  if backward_init == "shine":
-    if backward != "implicit":
-      raise ValueError(
-        f"backward_init='shine' starts the adjoint solve: it needs backward='implicit', not backward={backward!r}."
-      )
-    if not callable(getattr(forward.solver, "transposed_inverse_product", None)):
-      raise ValueError(
-        "backward_init='shine' starts the adjoint solve from the forward solver's inverse-Jacobian estimate, which"
-        f" {type(forward.solver).__name__} does not keep; use solver='broyden'."
-      )
-  return forward, (backward, backward_solve, phantom_steps, float(phantom_damping), backward_init)
+  return forward, (backward, backward_solve, phantom_steps, float(phantom_damping))
 
 
 def _check_memory(forward: _SolveOptions, backward_options, spec: FlatSpec, max_buffer_bytes) -> None:
@@ -480,7 +447,6 @@ def root_find(
   backward_rtol: float | None = None,
   phantom_steps: int = 1,
   phantom_damping: float = 1.0,
-  backward_init: str = "cotangent",
   backward_probe: BackwardStats | None = None,
   max_buffer_bytes: int | None = 2**34,
 ) -> tuple[Any, SolveInfo]:
@@ -505,7 +471,7 @@ def root_find(
     z0: initial guess (pytree of floating arrays).
     solver, max_iter, tol, rtol, batch_axis, divergence_ratio, max_growth,
       backward, backward_solver, backward_max_iter, backward_tol,
-      backward_rtol, phantom_steps, phantom_damping, backward_init, backward_probe,
+      backward_rtol, phantom_steps, phantom_damping, backward_probe,
       max_buffer_bytes: as for `fixed_point` (the scales of the relative
       tests being ||z + g(z)|| and ||u + r(u)||).
 
@@ -522,7 +488,6 @@ def root_find(
   forward, backward_options = _solve_options(
     solver, max_iter, tol, rtol, divergence_ratio, max_growth,
     backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
-    backward_init,
   )  # fmt: skip
   batch_axis = checks.check_batch_axis(batch_axis)
   spec = make_spec(z0, batch_axis, "z0")

@@ -158,7 +158,7 @@ def test_the_status_describes_the_iterate_returned():
     scale = jnp.where(z[:, 0] == 2, 100.0, 1.0)
     return jnp.stack([residual, jnp.zeros_like(residual)], axis=1), scale
 
-  z, info, _ = solve(residual_fn, jnp.zeros((1, 2)), _ScriptedSteps(), scripted)
+  z, info = solve(residual_fn, jnp.zeros((1, 2)), _ScriptedSteps(), scripted)
   assert int(info.status[0]) == Status.CONVERGED and int(info.nstep[0]) == 2
   assert float(z[0, 0]) == 2.0 and float(info.residual[0]) == 2.0 and float(info.rel_residual[0]) == 0.02
 
