@@ -104,6 +104,8 @@ class _Carry(NamedTuple):
   nstep: jax.Array  # [batch] int32
   status: jax.Array  # [batch] int32, RUNNING while iterating
   trace: jax.Array  # [batch, max_iter + 1]
+  stall_anchor: jax.Array  # [batch] the residual to beat by the stall margin
+  stall_steps: jax.Array  # [batch] int32, steps since the anchor was last beaten
 
 
 class Limits(NamedTuple):
@@ -114,6 +116,8 @@ class Limits(NamedTuple):
   rtol: float
   divergence_ratio: float
   max_growth: float  # inf: no bound
+  stall_window: int = 0  # 0: no stall detection
+  stall_margin: float = 0.0
 
 
 def scale_bound(initial_scale: jax.Array, z0: jax.Array, limits: Limits) -> jax.Array:
@@ -178,6 +182,14 @@ def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits
     g = jnp.where(active_col, g, c.g)
     residual = residual_norm(g)
     status = jnp.where(active, classify(residual, scale, residual0, bound, limits), c.status)
+    # Stall detection: progress is a residual below (1 - margin) x the anchor (the residual at the
+    # last progress); `stall_window` steps without it stop the row (its best iterate is returned).
+    progress = residual < (1 - limits.stall_margin) * c.stall_anchor
+    stall_anchor = jnp.where(active & progress, residual, c.stall_anchor)
+    stall_steps = jnp.where(progress, 0, c.stall_steps + 1)
+    if limits.stall_window:
+      stalled = active & (status == RUNNING) & (stall_steps >= limits.stall_window)
+      status = jnp.where(stalled, Status.STALLED, status).astype(jnp.int32)
     # The returned iterate is the lowest-residual one within the run-away bound, or the one that
     # converged (the status then describes the iterate returned, even where an earlier one had a
     # lower residual).
@@ -195,6 +207,8 @@ def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits
       nstep=c.nstep + active.astype(jnp.int32),
       status=status,
       trace=c.trace.at[:, c.step + 1].set(jnp.where(active, residual, -1.0)),
+      stall_anchor=stall_anchor,
+      stall_steps=stall_steps,
     )
 
   # A NaN initial residual must not be beaten by nothing: start the best at +inf
@@ -211,6 +225,8 @@ def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits
     nstep=jnp.zeros((batch,), jnp.int32),
     status=status0,
     trace=trace0,
+    stall_anchor=best_residual0,
+    stall_steps=jnp.zeros((batch,), jnp.int32),
   )
   carry = lax.while_loop(cond, body, carry)
   status = final_status(carry.status)

@@ -26,10 +26,12 @@ class _SolveOptions:
   rtol: float
   divergence_ratio: float
   max_growth: float
+  stall_window: int
+  stall_margin: float
 
   @classmethod
-  def checked(cls, solver, max_iter, tol, rtol, divergence_ratio, max_growth, prefix=""):
-    """Validated options; `prefix` ("" or "backward_") names the arguments in errors."""
+  def checked(cls, solver, max_iter, tol, rtol, divergence_ratio, max_growth, stall, prefix=""):
+    """Validated options; `stall` = (stall_window, stall_margin); `prefix` ("" or "backward_") names the arguments."""
     tol, rtol = checks.resolve_tolerances(tol, rtol, prefix)
     return cls(
       solver=checks.resolve_solver(solver, f"{prefix}solver", linear=prefix == "backward_"),
@@ -38,6 +40,8 @@ class _SolveOptions:
       rtol=rtol,
       divergence_ratio=_check_divergence_ratio(divergence_ratio),
       max_growth=checks.resolve_max_growth(max_growth, rtol),
+      stall_window=stall[0],
+      stall_margin=stall[1],
     )
 
   def check_memory(self, spec: FlatSpec, limit: int | None, name: str) -> None:
@@ -61,7 +65,9 @@ class _SolveOptions:
 
   @property
   def limits(self) -> Limits:
-    return Limits(self.max_iter, self.tol, self.rtol, self.divergence_ratio, self.max_growth)
+    return Limits(
+      self.max_iter, self.tol, self.rtol, self.divergence_ratio, self.max_growth, self.stall_window, self.stall_margin
+    )
 
   @property
   def krylov(self) -> bool:
@@ -235,6 +241,8 @@ def fixed_point(
   batch_axis: int | None = None,
   divergence_ratio: float = 1e6,
   max_growth: float | None = None,
+  stall_window: int | None = None,
+  stall_margin: float = 0.0,
   backward: str = "implicit",
   backward_solver: str | Solver | None = None,
   backward_max_iter: int = 40,
@@ -290,6 +298,12 @@ def fixed_point(
       None: min(0.1 / rtol, 1e6) (a relative convergence needs a residual
       under a tenth of the start's scale); `float("inf")`: no bound. Applies
       to the adjoint solve too (with its own rtol when None).
+    stall_window: stall detection (None: off). A system whose residual has
+      not fallen below (1 - stall_margin) x its residual at its last such
+      progress for `stall_window` steps stops with status STALLED (its best
+      iterate returned); `max_iter` still caps. Applies to the adjoint solve
+      too (the fixed-point solvers; GMRES and BiCGStab ignore it).
+    stall_margin: the relative decrease that counts as progress, in [0, 1).
     backward: "implicit" (solve the adjoint fixed point) or "phantom" (damped
       unrolled steps from z*).
     backward_solver: solver of the adjoint system; None uses `solver`.
@@ -327,7 +341,7 @@ def fixed_point(
     >>> grad = jax.grad(lambda a: deqjax.fixed_point(f, a, jnp.ones(3))[0].sum())(0.5)
   """
   forward, backward_options = _solve_options(
-    solver, max_iter, tol, rtol, divergence_ratio, max_growth,
+    solver, max_iter, tol, rtol, divergence_ratio, max_growth, (stall_window, stall_margin),
     backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
   )  # fmt: skip
   batch_axis = checks.check_batch_axis(batch_axis)
@@ -360,11 +374,12 @@ def fixed_point(
 
 
 def _solve_options(
-  solver, max_iter, tol, rtol, divergence_ratio, max_growth,
+  solver, max_iter, tol, rtol, divergence_ratio, max_growth, stall,
   backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
 ):  # fmt: skip
   """The validated forward `_SolveOptions` and the backward fields of `_Options`."""
-  forward = _SolveOptions.checked(solver, max_iter, tol, rtol, divergence_ratio, max_growth)
+  stall = checks.check_stall(*stall)
+  forward = _SolveOptions.checked(solver, max_iter, tol, rtol, divergence_ratio, max_growth, stall)
   checks.check_backward_options(backward, phantom_steps, phantom_damping)
   backward_solve = _SolveOptions.checked(
     solver if backward_solver is None else backward_solver,
@@ -373,6 +388,7 @@ def _solve_options(
     backward_rtol,
     divergence_ratio,
     max_growth,
+    stall,
     prefix="backward_",
   )
   return forward, (backward, backward_solve, phantom_steps, float(phantom_damping))
@@ -440,6 +456,8 @@ def root_find(
   batch_axis: int | None = None,
   divergence_ratio: float = 1e6,
   max_growth: float | None = None,
+  stall_window: int | None = None,
+  stall_margin: float = 0.0,
   backward: str = "implicit",
   backward_solver: str | Solver | None = None,
   backward_max_iter: int = 40,
@@ -470,9 +488,9 @@ def root_find(
     g: `g(z) -> residual` with the structure, shapes and dtypes of `z`.
     z0: initial guess (pytree of floating arrays).
     solver, max_iter, tol, rtol, batch_axis, divergence_ratio, max_growth,
-      backward, backward_solver, backward_max_iter, backward_tol,
-      backward_rtol, phantom_steps, phantom_damping, backward_probe,
-      max_buffer_bytes: as for `fixed_point` (the scales of the relative
+      stall_window, stall_margin, backward, backward_solver,
+      backward_max_iter, backward_tol, backward_rtol, phantom_steps,
+      phantom_damping, backward_probe, max_buffer_bytes: as for `fixed_point` (the scales of the relative
       tests being ||z + g(z)|| and ||u + r(u)||).
 
   Returns:
@@ -486,7 +504,7 @@ def root_find(
     (2.0, 0.083333)
   """
   forward, backward_options = _solve_options(
-    solver, max_iter, tol, rtol, divergence_ratio, max_growth,
+    solver, max_iter, tol, rtol, divergence_ratio, max_growth, (stall_window, stall_margin),
     backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
   )  # fmt: skip
   batch_axis = checks.check_batch_axis(batch_axis)

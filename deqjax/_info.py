@@ -16,12 +16,15 @@ class Status(enum.IntEnum):
   MAX_STEPS: `max_iter` steps were taken without meeting the tolerance.
   NONFINITE: a NaN or inf appeared in f(z) - z; the best finite iterate is returned.
   DIVERGED: the residual grew past `divergence_ratio` times the initial one.
+  STALLED: the best residual did not fall by the relative `stall_margin` over `stall_window`
+    steps (stall detection, off by default); the best iterate is returned.
   """
 
   CONVERGED = 0
   MAX_STEPS = 1
   NONFINITE = 2
   DIVERGED = 3
+  STALLED = 4
 
 
 # Internal marker for a system that is still iterating; never returned.

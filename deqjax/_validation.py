@@ -119,6 +119,15 @@ def resolve_max_growth(max_growth, rtol: float) -> float:
   return float(max_growth)
 
 
+def check_stall(window, margin) -> tuple[int, float]:
+  """(stall_window, stall_margin) for the driver: window 0 means off (None)."""
+  if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+    raise ValueError(f"stall_window must be None (off) or an int >= 1; got stall_window={window!r}.")
+  if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+    raise ValueError(f"stall_margin must be a number in [0, 1); got stall_margin={margin!r}.")
+  return (0 if window is None else window), float(margin)
+
+
 def check_batch_axis(value) -> int | None:
   if value is None:
     return None

@@ -267,3 +267,46 @@ def test_a_distant_true_fixed_point_still_converges():
   assert bool(info.converged) and float(info.residual) < 1e-8
   with pytest.raises(ValueError, match="max_growth must be None .* or a number > 1 .*; got max_growth=1"):
     deqjax.fixed_point(f, 0.99, x, max_growth=1)
+
+
+# ---------------------------------------------------------------------------
+# Stall detection
+# ---------------------------------------------------------------------------
+def test_a_plateau_stops_as_stalled_after_the_window():
+  # Scripted residuals 10, 5, 4.99, 4.98, 4.97, 4.96, ...: after 5 no step falls by 1 %, so with a
+  # window of 3 the solve stops after step 4 (three steps without progress), returning iterate 4.
+  from deqjax._driver import Limits, solve
+
+  def residual_fn(z):
+    k = z[:, 0]
+    residual = jnp.where(k == 0, 10.0, jnp.where(k == 1, 5.0, 5.0 - 0.01 * (k - 1)))
+    return jnp.stack([residual, jnp.zeros_like(residual)], axis=1), jnp.full_like(k, 100.0)
+
+  limits = Limits(max_iter=50, tol=0.0, rtol=0.0, divergence_ratio=1e6, max_growth=float("inf"))
+  z, info = solve(residual_fn, jnp.zeros((1, 2)), _ScriptedSteps(), limits._replace(stall_window=3, stall_margin=0.01))
+  assert int(info.status[0]) == Status.STALLED and int(info.nstep[0]) == 4
+  assert float(z[0, 0]) == 4.0 and float(info.residual[0]) == pytest.approx(4.97)
+  # A margin of 0 counts every decrease as progress: this never stalls and reaches the cap.
+  _, info = solve(residual_fn, jnp.zeros((1, 2)), _ScriptedSteps(), limits._replace(stall_window=3))
+  assert int(info.status[0]) == Status.MAX_STEPS and int(info.nstep[0]) == 50
+
+
+def test_a_rotation_stalls_and_a_contraction_is_untouched():
+  # z = R z + x with R a rotation by 90 degrees: plain iteration cycles with period 4 and never
+  # beats its first residual; per sample, a contraction beside it converges exactly as without.
+  rotation = jnp.array([[0.0, -1.0], [1.0, 0.0]])
+  scales = jnp.array([1.0, 0.5])
+  f = lambda s, z, x: s[:, None] * z @ rotation.T + x
+  x = jnp.ones((2, 2))
+  kw = dict(solver="iteration", batch_axis=0, max_iter=100, tol=1e-10)
+  z, info = deqjax.fixed_point(f, scales, x, stall_window=8, stall_margin=0.01, **kw)
+  assert info.status.tolist() == [Status.STALLED, Status.CONVERGED]
+  assert int(info.nstep[0]) == 8  # the initial residual is never beaten by 1 %
+  z_plain, plain = deqjax.fixed_point(f, scales, x, **kw)
+  assert plain.status.tolist() == [Status.MAX_STEPS, Status.CONVERGED]
+  assert int(plain.nstep[1]) == int(info.nstep[1])
+  np.testing.assert_array_equal(z[1], z_plain[1])
+  with pytest.raises(ValueError, match="stall_window must be None .* or an int >= 1; got stall_window=0"):
+    deqjax.fixed_point(f, scales, x, stall_window=0, **kw)
+  with pytest.raises(ValueError, match=r"stall_margin must be a number in \[0, 1\); got stall_margin=1"):
+    deqjax.root_find(lambda z: -z, x, stall_window=3, stall_margin=1)
