@@ -184,10 +184,12 @@ def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits
     status = jnp.where(active, classify(residual, scale, residual0, bound, limits), c.status)
     # Stall detection: progress is a residual below (1 - margin) x the anchor (the residual at the
     # last progress); `stall_window` steps without it stop the row (its best iterate is returned).
-    progress = residual < (1 - limits.stall_margin) * c.stall_anchor
-    stall_anchor = jnp.where(active & progress, residual, c.stall_anchor)
-    stall_steps = jnp.where(progress, 0, c.stall_steps + 1)
+    # Off (window 0): nothing is computed, the two fields pass through.
+    stall_anchor, stall_steps = c.stall_anchor, c.stall_steps
     if limits.stall_window:
+      progress = residual < (1 - limits.stall_margin) * c.stall_anchor
+      stall_anchor = jnp.where(active & progress, residual, c.stall_anchor)
+      stall_steps = jnp.where(progress, 0, c.stall_steps + 1)
       stalled = active & (status == RUNNING) & (stall_steps >= limits.stall_window)
       status = jnp.where(stalled, Status.STALLED, status).astype(jnp.int32)
     # The returned iterate is the lowest-residual one within the run-away bound, or the one that

@@ -21,20 +21,13 @@ from deqjax._krylov import GMRES, BiCGStab
 @dataclasses.dataclass(frozen=True)
 class _SolveOptions:
   solver: Solver
-  max_iter: int
-  tol: float
-  rtol: float
-  divergence_ratio: float
-  max_growth: float
-  stall_window: int
-  stall_margin: float
+  limits: Limits
 
   @classmethod
   def checked(cls, solver, max_iter, tol, rtol, divergence_ratio, max_growth, stall, prefix=""):
     """Validated options; `stall` = (stall_window, stall_margin); `prefix` ("" or "backward_") names the arguments."""
     tol, rtol = checks.resolve_tolerances(tol, rtol, prefix)
-    return cls(
-      solver=checks.resolve_solver(solver, f"{prefix}solver", linear=prefix == "backward_"),
+    limits = Limits(
       max_iter=checks.check_max_iter(max_iter, f"{prefix}max_iter"),
       tol=tol,
       rtol=rtol,
@@ -43,6 +36,7 @@ class _SolveOptions:
       stall_window=stall[0],
       stall_margin=stall[1],
     )
+    return cls(checks.resolve_solver(solver, f"{prefix}solver", linear=prefix == "backward_"), limits)
 
   def check_memory(self, spec: FlatSpec, limit: int | None, name: str) -> None:
     """ValueError when the solver's memory for this state would exceed `limit` bytes (None: no limit).
@@ -53,21 +47,16 @@ class _SolveOptions:
     if limit is None:
       return
     work = jax.ShapeDtypeStruct((spec.batch_size, spec.n), spec.work_dtype)
-    state = jax.eval_shape(lambda z, g: self.solver.init(z, g, self.max_iter), work, work)
+    state = jax.eval_shape(lambda z, g: self.solver.init(z, g, self.limits.max_iter), work, work)
     size = sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(state))
     if size > limit:
+      state_shape = f"state [{spec.batch_size}, {spec.n}] {jnp.dtype(spec.work_dtype).name}"
       raise ValueError(
         f"The {name.rstrip('_') or 'forward'} solver's buffers would take {_bytes(size)} ({type(self.solver).__name__},"
-        f" {name}max_iter={self.max_iter}, state [{spec.batch_size}, {spec.n}] {jnp.dtype(spec.work_dtype).name}),"
+        f" {name}max_iter={self.limits.max_iter}, {state_shape}),"
         f" over max_buffer_bytes={limit} ({_bytes(limit)}). Lower {name}max_iter, keep fewer updates"
         " (e.g. solver=deqjax.Broyden(history=...)), or raise max_buffer_bytes (None: no limit)."
       )
-
-  @property
-  def limits(self) -> Limits:
-    return Limits(
-      self.max_iter, self.tol, self.rtol, self.divergence_ratio, self.max_growth, self.stall_window, self.stall_margin
-    )
 
   @property
   def krylov(self) -> bool:

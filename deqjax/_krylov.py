@@ -70,11 +70,12 @@ def _finish(matvec: MatVec, b, w, loop_status, nstep, trace, limits: Limits, res
 
 
 def _start(matvec: MatVec, b, w0, limits: Limits):
-  """The initial residual r0 = b - A w0 `[batch, n]`, its norm, the run-away bound and the status `[batch]`."""
+  """r0 = b - A w0 `[batch, n]`; its norm, its scale ||w0 + r0||, the run-away bound, the status `[batch]`."""
   r0 = b - matvec(w0)
   residual0 = residual_norm(r0)
-  bound = scale_bound(residual_norm(w0 + r0), w0, limits)
-  return r0, residual0, bound, classify(residual0, residual_norm(w0 + r0), residual0, bound, limits)
+  scale0 = residual_norm(w0 + r0)
+  bound = scale_bound(scale0, w0, limits)
+  return r0, residual0, scale0, bound, classify(residual0, scale0, residual0, bound, limits)
 
 
 class _GmresCarry(NamedTuple):
@@ -119,8 +120,7 @@ class GMRES:
     batch, n = w0.shape
     m = self.restart
     dtype = w0.dtype
-    r0, residual0, bound, status0 = _start(matvec, b, w0, limits)
-    scale0 = residual_norm(w0 + r0)
+    r0, residual0, scale0, bound, status0 = _start(matvec, b, w0, limits)
     basis, hessenberg = self.init(w0, r0, limits.max_iter)
     beta = jnp.where(residual0 > 0, residual0, 1)
     basis = basis.at[:, 0].set(r0 / beta[:, None])
@@ -272,7 +272,7 @@ class BiCGStab:
     """w with A w = b from w0, per row; returns (w `[batch, n]`, `SolveInfo`)."""
     batch = w0.shape[0]
     dtype = w0.dtype
-    r0, residual0, bound, status0 = _start(matvec, b, w0, limits)
+    r0, residual0, _, bound, status0 = _start(matvec, b, w0, limits)
     r_hat = r0
     ones = jnp.ones((batch,), dtype)
 

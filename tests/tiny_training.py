@@ -7,6 +7,7 @@ text of its validation and test splits is the first TEST_LINES lines of the samp
 
 import pathlib
 import shutil
+import sys
 
 from experiments.configs import default
 
@@ -44,6 +45,12 @@ def tiny_config(tfds_dir, model=None, **overrides):
   if "data" not in overrides:
     config.data.manual_dir = tiny_text(tfds_dir)
   return config
+
+
+def main_command(workdir, fields: dict, *extra: str) -> list[str]:
+  """`python -m experiments.main` on the default config with `--config.<field>=<value>` for `fields`, then `extra`."""
+  command = [sys.executable, "-m", "experiments.main", f"--config={default.__file__}", f"--workdir={workdir}"]
+  return command + [f"--config.{k}={v}" for k, v in fields.items()] + list(extra)
 
 
 def copy_workdir(workdir, tmp_path) -> pathlib.Path:

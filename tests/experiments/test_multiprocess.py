@@ -3,12 +3,10 @@
 import os
 import socket
 import subprocess
-import sys
 
 from paths import REPO, SUBPROCESS_XLA_FLAGS
-from tiny_training import TINY, TINY_MODEL, tiny_text
+from tiny_training import TINY, TINY_MODEL, main_command, tiny_text
 
-DEFAULT_CONFIG = os.path.join(REPO, "experiments", "configs", "default.py")
 # The smallest run that exercises both phases, the data sharding, the DEQ solves, the final
 # checkpoint and the test evaluation: 1 pretraining step, 2 DEQ steps, 1 test segment.
 SHORT = dict(num_train_steps=3, pretrain_steps=1, eval_max_segments=1, checkpoint_every_steps=100, eval_every_steps=0)
@@ -23,8 +21,7 @@ def _free_port() -> int:
 def _start(workdir, tfds_dir, devices: int, *extra) -> subprocess.Popen:
   fields = {**TINY, **SHORT, **{f"model.{k}": v for k, v in TINY_MODEL.items()}}
   fields.update({"data.data_dir": tfds_dir, "data.manual_dir": tiny_text(tfds_dir)})
-  command = [sys.executable, "-m", "experiments.main", f"--config={DEFAULT_CONFIG}", f"--workdir={workdir}"]
-  command += [f"--config.{k}={v}" for k, v in fields.items()] + list(extra)
+  command = main_command(workdir, fields, *extra)
   xla_flags = f"--xla_force_host_platform_device_count={devices} {SUBPROCESS_XLA_FLAGS}"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
   env.pop("JAX_ENABLE_X64", None)

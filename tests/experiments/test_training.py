@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -17,7 +16,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 from paths import REPO, SUBPROCESS_XLA_FLAGS
-from tiny_training import SHARED_RUN, TINY, TINY_MODEL, copy_workdir, tiny_config, tiny_text
+from tiny_training import SHARED_RUN, TINY, TINY_MODEL, copy_workdir, main_command, tiny_config, tiny_text
 
 from deqjax.data import OrderedLMStream
 from experiments import trainer
@@ -93,20 +92,11 @@ def test_wall_clock_budget_stops_training_then_tests(tfds_dir, tmp_path):
 
 
 def _run_main(workdir, tfds_dir, *extra):
-  overrides = [f"--config.{k}={v}" for k, v in TINY.items()] + [
-    f"--config.model.{k}={v}" for k, v in TINY_MODEL.items()
-  ]
-  command = [sys.executable, "-m", "experiments.main", f"--config={DEFAULT_CONFIG}", f"--workdir={workdir}"]
-  command += overrides + [
-    f"--config.data.data_dir={tfds_dir}",
-    f"--config.data.manual_dir={tiny_text(tfds_dir)}",
-    "--config.num_train_steps=12",
-    "--config.pretrain_steps=4",
-    "--config.checkpoint_every_steps=3",
-    "--config.eval_every_steps=0",
-    *extra,
-  ]
+  fields = {**TINY, **{f"model.{k}": v for k, v in TINY_MODEL.items()}}
+  fields.update({"data.data_dir": tfds_dir, "data.manual_dir": tiny_text(tfds_dir)})
+  fields.update(num_train_steps=12, pretrain_steps=4, checkpoint_every_steps=3, eval_every_steps=0)
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": SUBPROCESS_XLA_FLAGS}
+  command = main_command(workdir, fields, *extra)
   return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -121,8 +111,7 @@ def _run_shared_config(workdir, config):
   so that it compiles (or finds in the compilation cache) the shared run's very programs."""
   fields = {**TINY, **SHARED_RUN, **{f"model.{k}": v for k, v in TINY_MODEL.items()}}
   fields.update({"data.data_dir": config.data.data_dir, "data.manual_dir": config.data.manual_dir})
-  command = [sys.executable, "-m", "experiments.main", f"--config={DEFAULT_CONFIG}", f"--workdir={workdir}"]
-  command += [f"--config.{k}={v}" for k, v in fields.items()]
+  command = main_command(workdir, fields)
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"}  # XLA_FLAGS: this process's
   return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
