@@ -80,6 +80,7 @@ class _Options:
   backward_solve: _SolveOptions
   phantom_steps: int
   phantom_damping: float
+  backward_failure: str
   spec: FlatSpec
 
 
@@ -168,13 +169,44 @@ def _implicit_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
     w_flat, info = solve_options.solver.solve_linear(matvec, z_bar_flat, z_bar_flat, solve_options.limits)
   else:
     w_flat, info = solve_options.run(residual_fn, z_bar_flat)
-  # An adjoint that diverged or turned non-finite is no gradient at all: its rows become NaN
-  # (so are the parameter gradients they enter), where returning its best iterate would be a
-  # finite, wrong gradient. A solve that only reached its cap keeps its (inexact) result.
-  failed = (info.status == Status.DIVERGED) | (info.status == Status.NONFINITE)
-  w_flat = jnp.where(failed[:, None], jnp.nan, w_flat)
+  w_flat = _failed_rows(options, info, w_flat, z_bar_flat, transposed_jacobian)
   params_bar, _, x_bar, consts_bar = vjp_f(spec.unflatten(w_flat))
   return params_bar, x_bar, consts_bar, stats_from_info(info)
+
+
+def _failed_rows(options: _Options, info: SolveInfo, w_flat, z_bar_flat, transposed_jacobian):
+  """The adjoint `[batch, n]` after `options.backward_failure` acts on the rows whose solve did not converge.
+
+  "keep": a row that reached its cap (or stalled) keeps its inexact best iterate; one that diverged
+  or turned non-finite is no gradient at all and becomes NaN (so are the parameter gradients it
+  enters), where its best iterate would be a finite, wrong gradient. "drop": every unconverged row
+  becomes 0 (that sample's gradient through z* is dropped). "phantom": every unconverged row becomes
+  the phantom gradient's adjoint, the k damped steps linearised at z*:
+      w = lam sum_{j<k} M^j z_bar,   M = (1 - lam) I + lam J^T   (I + lam G^T for a root),
+  since differentiating z_k = (1 - lam) z_{k-1} + lam f(z_{k-1}) (z_0 = z* held) gives
+  dz_k = M^T dz_{k-1} + lam df/dtheta dtheta. For k = 1 it is exactly `backward="phantom"`'s gradient
+  (lam z_bar^T df/dtheta, the Jacobian-free one); for k > 1 the unrolled phantom evaluates J at the
+  iterates z_j, this at z* (equal for a map linear in z). Its k - 1 VJPs run only when a row failed.
+  """
+  converged = (info.status == Status.CONVERGED)[:, None]
+  if options.backward_failure == "keep":
+    failed = (info.status == Status.DIVERGED) | (info.status == Status.NONFINITE)
+    return jnp.where(failed[:, None], jnp.nan, w_flat)
+  if options.backward_failure == "drop":
+    return jnp.where(converged, w_flat, 0)
+  lam = options.phantom_damping
+
+  def phantom_adjoint():
+    def term(_, carry):  # (M^j z_bar, sum_{i<=j} M^i z_bar) -> the same for j + 1
+      power, total = carry
+      jt = transposed_jacobian(power)
+      power = power + lam * jt if options.root else (1 - lam) * power + lam * jt
+      return power, total + power
+
+    _, total = jax.lax.fori_loop(0, options.phantom_steps - 1, term, (z_bar_flat, z_bar_flat))
+    return jnp.where(converged, w_flat, lam * total)
+
+  return jax.lax.cond(jnp.all(converged), lambda: w_flat, phantom_adjoint)
 
 
 def _phantom_backward(fn, options: _Options, params, x, consts, z_star, z_bar):
@@ -239,6 +271,7 @@ def fixed_point(
   backward_rtol: float | None = None,
   phantom_steps: int = 1,
   phantom_damping: float = 1.0,
+  backward_failure: str = "keep",
   backward_probe: BackwardStats | None = None,
   max_buffer_bytes: int | None = 2**34,
   has_aux: bool = False,
@@ -302,6 +335,12 @@ def fixed_point(
       `tol` / `rtol`; the scale is ||w^T J + z_bar||).
     phantom_steps: number of unrolled steps k of the phantom backward (>= 1).
     phantom_damping: damping lam in (0, 1] of the phantom steps.
+    backward_failure: what the implicit backward does with a sample whose
+      adjoint solve did not converge (its status in `backward_probe` says
+      so either way): "keep" its inexact best iterate (a diverged or
+      non-finite adjoint gives NaN gradients), "phantom" (use the phantom
+      gradient of `phantom_steps` / `phantom_damping` steps, linearised at
+      z*, for that sample) or "drop" (no gradient through z* from it).
     backward_probe: optional `deqjax.backward_probe(...)`; the gradient with
       respect to it is the `BackwardStats` of the backward pass.
     max_buffer_bytes: the most memory a solver's state may take (16 GiB by
@@ -332,6 +371,7 @@ def fixed_point(
   forward, backward_options = _solve_options(
     solver, max_iter, tol, rtol, divergence_ratio, max_growth, (stall_window, stall_margin),
     backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
+    backward_failure,
   )  # fmt: skip
   batch_axis = checks.check_batch_axis(batch_axis)
   if not isinstance(has_aux, bool):
@@ -365,11 +405,12 @@ def fixed_point(
 def _solve_options(
   solver, max_iter, tol, rtol, divergence_ratio, max_growth, stall,
   backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
+  backward_failure,
 ):  # fmt: skip
   """The validated forward `_SolveOptions` and the backward fields of `_Options`."""
   stall = checks.check_stall(*stall)
   forward = _SolveOptions.checked(solver, max_iter, tol, rtol, divergence_ratio, max_growth, stall)
-  checks.check_backward_options(backward, phantom_steps, phantom_damping)
+  checks.check_backward_options(backward, phantom_steps, phantom_damping, backward_failure)
   backward_solve = _SolveOptions.checked(
     solver if backward_solver is None else backward_solver,
     backward_max_iter,
@@ -380,7 +421,7 @@ def _solve_options(
     stall,
     prefix="backward_",
   )
-  return forward, (backward, backward_solve, phantom_steps, float(phantom_damping))
+  return forward, (backward, backward_solve, phantom_steps, float(phantom_damping), backward_failure)
 
 
 def _check_memory(forward: _SolveOptions, backward_options, spec: FlatSpec, max_buffer_bytes) -> None:
@@ -454,6 +495,7 @@ def root_find(
   backward_rtol: float | None = None,
   phantom_steps: int = 1,
   phantom_damping: float = 1.0,
+  backward_failure: str = "keep",
   backward_probe: BackwardStats | None = None,
   max_buffer_bytes: int | None = 2**34,
 ) -> tuple[Any, SolveInfo]:
@@ -479,8 +521,9 @@ def root_find(
     solver, max_iter, tol, rtol, batch_axis, divergence_ratio, max_growth,
       stall_window, stall_margin, backward, backward_solver,
       backward_max_iter, backward_tol, backward_rtol, phantom_steps,
-      phantom_damping, backward_probe, max_buffer_bytes: as for `fixed_point` (the scales of the relative
-      tests being ||z + g(z)|| and ||u + r(u)||).
+      phantom_damping, backward_failure, backward_probe, max_buffer_bytes: as
+      for `fixed_point` (the scales of the relative tests being ||z + g(z)||
+      and ||u + r(u)||).
 
   Returns:
     `(z, info)`: the lowest-residual iterate (or the converged one) and its
@@ -495,6 +538,7 @@ def root_find(
   forward, backward_options = _solve_options(
     solver, max_iter, tol, rtol, divergence_ratio, max_growth, (stall_window, stall_margin),
     backward, backward_solver, backward_max_iter, backward_tol, backward_rtol, phantom_steps, phantom_damping,
+    backward_failure,
   )  # fmt: skip
   batch_axis = checks.check_batch_axis(batch_axis)
   spec = make_spec(z0, batch_axis, "z0")

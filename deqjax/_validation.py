@@ -57,15 +57,25 @@ def resolve_solver(solver, name: str, linear: bool = False):
 
 
 BACKWARDS = ("implicit", "phantom")
+BACKWARD_FAILURES = ("keep", "phantom", "drop")
 
 
-def check_backward_options(backward: str, phantom_steps: int, phantom_damping: float) -> None:
+def check_backward_options(
+  backward: str, phantom_steps: int, phantom_damping: float, backward_failure: str = "keep"
+) -> None:
   """The checks `fixed_point` makes of its gradient options (callable early, e.g. by a config check)."""
   if backward not in BACKWARDS:
     raise ValueError(f"Unknown backward={backward!r}; expected one of {list(BACKWARDS)}.")
   check_max_iter(phantom_steps, "phantom_steps")
   if not 0 < phantom_damping <= 1:
     raise ValueError(f"phantom_damping must be in (0, 1]; got phantom_damping={phantom_damping!r}.")
+  if backward_failure not in BACKWARD_FAILURES:
+    raise ValueError(f"Unknown backward_failure={backward_failure!r}; expected one of {list(BACKWARD_FAILURES)}.")
+  if backward == "phantom" and backward_failure != "keep":
+    raise ValueError(
+      f"backward_failure={backward_failure!r} is a policy for failed adjoint solves, and backward='phantom' solves"
+      " none; use backward='implicit' or backward_failure='keep'."
+    )
 
 
 def check_max_iter(value, name: str) -> int:

@@ -5,10 +5,18 @@ text of its validation and test splits is the first TEST_LINES lines of the samp
 (~2,800 tokens, 22 evaluation segments), so that a run's final test reads seconds, not minutes.
 """
 
+import dataclasses
+import functools
 import pathlib
 import shutil
 import sys
 
+import jax
+import numpy as np
+import optax
+
+from deqjax.data import OrderedLMStream
+from experiments import trainer
 from experiments.configs import default
 
 TINY = dict(batch_size=8, tgt_len=16, eval_batch_size=4, eval_tgt_len=32, eval_max_segments=4)
@@ -58,3 +66,56 @@ def copy_workdir(workdir, tmp_path) -> pathlib.Path:
   target = pathlib.Path(tmp_path) / "workdir"
   shutil.copytree(workdir, target, ignore=shutil.ignore_patterns("lock"))
   return target
+
+
+# ---------------------------------------------------------------------------------------------
+# One training update, compared (the tests of what a training field does to the update)
+
+
+def one_update(tfds_dir, step, phase="deq", model=None, max_iter=None, **fields):
+  """(the negated gradient of training step `step` in phase `phase`, per parameter; its metrics), for the
+  tiny config with `fields` (and `model` fields).
+
+  The update is computed by `train_step` with plain SGD at rate 1 in place of the config's AdamW:
+  Adam's first update is about lr * sign(gradient), so a rounding-level change of a near-zero
+  gradient entry would move it by up to 2 lr; the gradient itself changes only at rounding level
+  when the loss is the same function, and by orders of magnitude more when it is not.
+  """
+  config = tiny_config(tfds_dir, pretrain_steps=0, warmup_steps=0, **fields)
+  config.model.update(model or {})
+  rt, params = trainer.setup(config)
+  rt = dataclasses.replace(rt, optimizer=optax.sgd(1.0))
+  before = jax.tree.leaves(params)
+  memory = trainer.init_memory(rt, params, config.batch_size)
+  x, y = (jax.device_put(a, rt.batch_sharding) for a in OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0))
+  use_jac = trainer.uses_jac_reg(config, phase, step)
+  update = functools.partial(trainer.train_step, rt, phase, use_jac=use_jac, max_iter=max_iter)
+  new_params, _, _, metrics = jax.jit(update)(params, rt.optimizer.init(params), memory, x, y, step)
+  updates = [np.asarray(a) - np.asarray(b) for a, b in zip(jax.tree.leaves(new_params), before, strict=True)]
+  return updates, metrics
+
+
+def max_difference(a, b) -> float:
+  """max |a - b| over all parameters, relative to max |b| (two programs computing the same float32 gradient: ~2e-7)."""
+  scale = max(float(np.max(np.abs(v))) for v in b)
+  return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b, strict=True)) / scale
+
+
+# Two updates are the same (the same loss function, computed by possibly different programs) below
+# SAME, and differ (a change of the loss function) above DIFFERENT; nothing may fall in between.
+SAME, DIFFERENT = 1e-5, 1e-2
+
+
+@functools.cache
+def plain_update(tfds_dir, phase):
+  """The tiny config's own first update in phase `phase`, computed once per test process."""
+  return one_update(tfds_dir, 0, phase)
+
+
+def changes_update(tfds_dir, phase, model=None, **fields) -> bool:
+  """Whether `fields` (and `model` fields) change the first update of phase `phase` (the tiny config's)."""
+  plain, _ = plain_update(tfds_dir, phase)
+  changed, _ = one_update(tfds_dir, 0, phase, model, **fields)
+  difference = max_difference(changed, plain)
+  assert difference < SAME or difference > DIFFERENT, difference  # the same function, or clearly not
+  return difference > DIFFERENT

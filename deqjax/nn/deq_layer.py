@@ -86,6 +86,11 @@ class DEQSettings:
       tolerances are 0: the relative test alone decides).
     backward: how training differentiates the equilibrium: "implicit" (the adjoint solve) or
       "phantom" (`phantom_steps` damped unrolled steps, damping `phantom_damping`).
+    backward_failure: the implicit backward's policy for samples whose adjoint solve did not
+      converge: "keep" the inexact result, fall back to the "phantom" gradient, or "drop" their
+      gradient through the equilibrium (`fixed_point`'s option of that name).
+    stall_window, stall_margin: stall detection in both solves (`fixed_point`'s options; 0: off):
+      a sample whose residual has not fallen by the relative margin for that many steps stops.
     broyden_history: Broyden updates kept per solve (None: all, as the reference; fewer saves
       2 x history x state memory per solve).
     pretrain_depth: layers of the unrolled cell while pretraining.
@@ -104,6 +109,9 @@ class DEQSettings:
   backward: str = "implicit"
   phantom_steps: int = 1
   phantom_damping: float = 1.0
+  backward_failure: str = "keep"
+  stall_window: int = 0
+  stall_margin: float = 0.0
   broyden_history: int | None = None
   pretrain_depth: int = 2
   feed_fz: bool = True
@@ -114,6 +122,10 @@ class DEQSettings:
     for name in ("max_iter", "backward_max_iter", "pretrain_depth", "phantom_steps"):
       check_int(name, getattr(self, name), low=1)
     check_int("subseq_len", self.subseq_len, low=0)
+    check_int("stall_window", self.stall_window, low=0)
+    margin = self.stall_margin
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+      raise ValueError(f"stall_margin must be a number in [0, 1); got stall_margin={margin!r}.")
     if self.broyden_history is not None:
       check_int("broyden_history", self.broyden_history, low=1)
     for name in ("rtol", "backward_rtol"):
@@ -122,7 +134,7 @@ class DEQSettings:
         raise ValueError(f"{name} must be a finite number >= 0; got {name}={value!r}.")
     if not isinstance(self.feed_fz, bool):
       raise ValueError(f"feed_fz must be a bool; got feed_fz={self.feed_fz!r}.")
-    check_backward_options(self.backward, self.phantom_steps, self.phantom_damping)
+    check_backward_options(self.backward, self.phantom_steps, self.phantom_damping, self.backward_failure)
 
   def solver_options(self, **overrides) -> dict:
     """`fixed_point` options: per-sample Broyden with relative tolerances, overridable per call."""
@@ -138,6 +150,9 @@ class DEQSettings:
       backward_rtol=self.backward_rtol,
       phantom_steps=self.phantom_steps,
       phantom_damping=self.phantom_damping,
+      backward_failure=self.backward_failure,
+      stall_window=self.stall_window or None,
+      stall_margin=self.stall_margin,
     )
     options.update(overrides)
     return options

@@ -97,6 +97,20 @@ def _model_problems(config) -> list[str]:
 
 def _cross_field_problems(config) -> list[str]:
   problems = []
+  model_max_iter = getattr(architecture(config), "max_iter", None)
+  for name in ("train_max_iter_delta", "eval_max_iter"):
+    value = config.get(name, 0)
+    if value and (model_max_iter is None or config.execution != "deq"):
+      problems.append(
+        f"config.{name}={value}: a DEQ solver setting, and config.model_name={config.model_name!r} with"
+        f" config.execution={config.execution!r} solves no equilibrium; leave it 0"
+      )
+  delta = config.get("train_max_iter_delta", 0)
+  if delta and model_max_iter is not None and config.execution == "deq" and delta >= model_max_iter:
+    problems.append(
+      f"config.train_max_iter_delta={delta}: must be below config.model.max_iter={model_max_iter} (the forward cap"
+      " of a training step is max_iter minus a draw from 0..train_max_iter_delta, and must stay >= 1)"
+    )
   ratio = config.grad_clip_ratio
   if 0 < ratio <= 1:
     problems.append(

@@ -17,8 +17,9 @@ from flax import nnx
 
 from experiments.trainer.checkpoints import Progress, checkpoint_manager, restore_newest_valid, save_checkpoint
 from experiments.trainer.metrics import MetricsWriter, StepMetrics
+from experiments.trainer.models import architecture
 from experiments.trainer.runtime import Runtime, setup, to_global
-from experiments.trainer.schedules import phase_at, uses_jac_reg
+from experiments.trainer.schedules import phase_at, train_max_iter, uses_jac_reg
 from experiments.trainer.steps import evaluate_task, init_memory, train_step
 from experiments.trainer.workdir import exclusive
 
@@ -91,7 +92,11 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
   if restored is not None:
     progress, params, opt_state, memory = restored
     print(f"Resumed from {manager.directory} at step {progress.step}.", flush=True)
-  writer = MetricsWriter(workdir, c.num_train_steps, rt.task.tokens_per_step, start_step=progress.step)
+  writer = MetricsWriter(
+    workdir, c.num_train_steps, rt.task.tokens_per_step, start_step=progress.step,
+    warn_backward_failures=c.get("warn_backward_failures", 1.0),
+  )  # fmt: skip
+  model_max_iter = getattr(architecture(c), "max_iter", None)
   consecutive = 0
   with SigtermFlag() as sigterm:
     while progress.step < c.num_train_steps and not over_budget(c, progress):
@@ -100,8 +105,11 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
       started = time.perf_counter()
       x, y = (to_global(a, rt.batch_sharding, c.batch_size) for a in (inputs, targets))
       use_jac = uses_jac_reg(c, phase, progress.step)
+      cap = train_max_iter(c, phase, progress.step, model_max_iter)
       update = rt.jitted(
-        ("train", phase, use_jac), functools.partial(train_step, rt, phase, use_jac=use_jac), donate_argnums=(0, 1)
+        ("train", phase, use_jac, cap),
+        functools.partial(train_step, rt, phase, use_jac=use_jac, max_iter=cap),
+        donate_argnums=(0, 1),
       )
       params, opt_state, memory, metrics = update(params, opt_state, memory, x, y, progress.step)
       metrics = jax.device_get(metrics)

@@ -24,8 +24,13 @@ class StepMetrics:
 class MetricsWriter:
   """Averages step metrics between flushes; only process 0 writes."""
 
-  def __init__(self, workdir: str, num_steps: int, tokens_per_step: int, start_step: int = 0):
+  def __init__(
+    self, workdir: str, num_steps: int, tokens_per_step: int, start_step: int = 0, warn_backward_failures=1.0
+  ):
+    """warn_backward_failures: a flush whose interval had more than this fraction of samples with a
+    failed adjoint solve prints a warning line (1: never)."""
     self.num_steps, self.tokens_per_step = num_steps, tokens_per_step
+    self.warn_backward_failures = warn_backward_failures
     self.pending: list[StepMetrics] = []
     self.last_time, self.last_step = time.perf_counter(), start_step
     self.main = jax.process_index() == 0
@@ -67,6 +72,15 @@ class MetricsWriter:
         if isinstance(value, float | int) and key != "step":
           self.tensorboard.add_scalar(f"train/{key}", value, step)
       print(_progress_line(record, self.num_steps, seconds_per_step), flush=True)
+      failures = 1.0 - record.get("b_converged", 1.0)
+      if failures > self.warn_backward_failures:
+        print(
+          f"WARNING: step {step}: the backward (adjoint) solve failed on {failures:.0%} of the samples since the last"
+          f" line (warn_backward_failures={self.warn_backward_failures}; mean relative residual"
+          f" {record['b_residual']:.1e} after {record['b_steps']:.1f} steps): these gradients are not implicit"
+          ' gradients. See docs/training.md ("Keeping the equilibrium").',
+          flush=True,
+        )
     return record
 
   def scalars(self, step: int, values: dict) -> None:
@@ -92,8 +106,9 @@ def _progress_line(record: dict, num_steps: int, seconds_per_step: float) -> str
   if "loss" in record:
     parts.append(f"loss {record['loss']:.4g} ppl {record['ppl']:.1f}")
   if "f_steps" in record:
-    parts.append(f"solver f {record['f_steps']:.1f} steps (res {record['f_residual']:.1e})")
-    parts.append(f"b {record['b_steps']:.1f} steps (res {record['b_residual']:.1e})")
+    f_conv, b_conv = record.get("f_converged", float("nan")), record.get("b_converged", float("nan"))
+    parts.append(f"solver f {record['f_steps']:.1f} steps (res {record['f_residual']:.1e}, {f_conv:.0%} conv)")
+    parts.append(f"b {record['b_steps']:.1f} steps (res {record['b_residual']:.1e}, {b_conv:.0%} conv)")
   if "grad_norm" in record:
     parts.append(f"|g| {record['grad_norm']:.2f}")
   parts.append(f"{record['tokens_per_s']:.0f} tok/s")

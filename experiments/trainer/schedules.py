@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from experiments.trainer.clipping import clip_relative_to_running_norm
@@ -51,15 +52,35 @@ def final_phase(config) -> str:
 def uses_jac_reg(config, phase: str, step: int) -> bool:
   """Whether training step `step` (a Python int) of phase `phase` computes the Jacobian penalty.
 
-  True where its weight (`jac_reg_weight`) is positive. The training loop compiles one update per
-  value, so a run whose penalty switches off (jac_reg_after 0) stops paying for it at the switch.
+  True where its weight (`jac_reg_weight`) is positive and, in the DEQ phase, with probability
+  `jac_reg_prob` (a draw fixed by seed and step; the 2021 reference's `jac_loss_freq`). The training
+  loop compiles one update per value, so steps without the penalty do not pay for it.
   """
   if phase == "pretrain":
     return config.pretrain_jac_reg > 0
   if phase != "deq":
     return False
   switched = 0 < config.jac_reg_until_step <= step
-  return (config.jac_reg_after if switched else config.jac_reg) > 0
+  if (config.jac_reg_after if switched else config.jac_reg) <= 0:
+    return False
+  return config.jac_reg_prob >= 1 or step_draw(config, step, _JAC_STREAM) < config.jac_reg_prob
+
+
+_JAC_STREAM, _CAP_STREAM = 1, 2
+
+
+def step_draw(config, step: int, stream: int) -> float:
+  """A uniform number in [0, 1) fixed by (seed, step, stream): a step's random choices survive a resume."""
+  return float(np.random.default_rng((config.seed, step, stream)).random())
+
+
+def train_max_iter(config, phase: str, step: int, model_max_iter: int | None) -> int | None:
+  """The forward cap of DEQ training step `step`: the model's `model_max_iter` minus a uniform draw from
+  {0, ..., train_max_iter_delta} (the 2021 reference's `rand_f_thres_delta`); None: the model's own."""
+  delta = config.get("train_max_iter_delta", 0)
+  if phase != "deq" or delta == 0:
+    return None
+  return model_max_iter - int(step_draw(config, step, _CAP_STREAM) * (delta + 1))
 
 
 def jac_reg_weight(config, step, phase: str = "deq") -> jax.Array:

@@ -29,18 +29,22 @@ def model_forward(rt: Runtime, params, tokens, targets, memory, *, key, phase, p
   )
 
 
-def train_step(rt: Runtime, phase: str, params, opt_state, memory, tokens, targets, step, *, use_jac: bool):
+def train_step(
+  rt: Runtime, phase: str, params, opt_state, memory, tokens, targets, step, *, use_jac: bool, max_iter=None
+):
   """One update; a non-finite loss or gradient leaves parameters, optimizer state and memory unchanged.
 
   use_jac: whether the update computes the Jacobian penalty (`uses_jac_reg` at this step); its
   weight follows the traced `step`, so one compiled update serves a change from one positive
-  weight to another.
+  weight to another. max_iter: this step's forward cap (`train_max_iter`; None: the model's).
   """
   key = jax.random.fold_in(dropout_base_key(rt.config), step)
   dropout_key, jac_key = jax.random.split(key)
   batch = tokens.shape[0]
   probe = deqjax.backward_probe(batch) if phase == "deq" else None
   overrides = settle_overrides(rt.config, step, phase)
+  if max_iter is not None:
+    overrides["max_iter"] = max_iter
 
   def loss_fn(params, probe):
     out = model_forward(
@@ -58,17 +62,30 @@ def train_step(rt: Runtime, phase: str, params, opt_state, memory, tokens, targe
   new_params = optax.apply_updates(params, updates)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   metrics = {"loss": nll, "grad_norm": grad_norm, "finite": finite}
-  if use_jac:
-    metrics["jac_loss"] = jnp.mean(out.jac_loss)
+  if use_jac:  # the per-sample penalty: its mean (what the loss adds) and its largest value
+    metrics.update(jac_loss=jnp.mean(out.jac_loss), jac_loss_max=jnp.max(out.jac_loss))
   if phase == "deq":
-    metrics.update(
-      f_steps=jnp.mean(out.info.nstep.astype(jnp.float32)),
-      f_residual=jnp.mean(out.info.rel_residual.astype(jnp.float32)),
-      b_steps=jnp.mean(probe_bar.nstep),
-      b_residual=jnp.mean(probe_bar.rel_residual),
-    )
+    metrics.update(solver_metrics(out.info, probe_bar))
   new_memory = keep(out.memory, memory) if _same_shapes(out.memory, memory) else out.memory
   return keep(new_params, params), keep(new_opt_state, opt_state), new_memory, metrics
+
+
+def solver_metrics(info: deqjax.SolveInfo, backward: deqjax.BackwardStats) -> dict:
+  """A DEQ step's solver figures: mean steps and relative residuals, forward (f_) and backward (b_);
+  the fractions of samples whose forward / adjoint solve converged (f_converged, b_converged); and
+  `converged`, 1 when every sample's solves both converged (its mean over steps is the fraction of
+  steps whose gradient is an implicit gradient throughout)."""
+  f_converged = info.converged.astype(jnp.float32)
+  b_converged = (backward.status == deqjax.Status.CONVERGED).astype(jnp.float32)
+  return dict(
+    f_steps=jnp.mean(info.nstep.astype(jnp.float32)),
+    f_residual=jnp.mean(info.rel_residual.astype(jnp.float32)),
+    b_steps=jnp.mean(backward.nstep),
+    b_residual=jnp.mean(backward.rel_residual),
+    f_converged=jnp.mean(f_converged),
+    b_converged=jnp.mean(b_converged),
+    converged=jnp.min(jnp.minimum(f_converged, b_converged)),
+  )
 
 
 def _same_shapes(a, b) -> bool:
@@ -107,8 +124,12 @@ def evaluate_task(rt: Runtime, params, phase: str, final: bool, eval_set=None, *
   """The task's named results on its validation (`final` False) or test set, in phase `phase`.
 
   `eval_set`: another `EvalSet` of the task to read instead; `solver`: `fixed_point` options
-  overriding the config's for DEQ models (e.g. max_iter=8). Sums are added up in float64 on the host.
+  overriding the config's for DEQ models (e.g. max_iter=8; the config's `eval_max_iter`, when set, is
+  the cap otherwise). Sums are added up in float64 on the host.
   """
+  eval_max_iter = rt.config.get("eval_max_iter", 0)
+  if phase == "deq" and eval_max_iter and "max_iter" not in solver:
+    solver = {**solver, "max_iter": eval_max_iter}
   eval_set = rt.task.eval_set(final) if eval_set is None else eval_set
   eval_rt = eval_runtime(rt) if eval_set.carry_memory else rt
   name = ("eval", phase, eval_set.carry_memory, *sorted(solver.items()))

@@ -10,13 +10,26 @@ import time
 
 import jax
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
 from absl import flags
 from ml_collections import config_flags
 from paths import REPO, SUBPROCESS_XLA_FLAGS
-from tiny_training import SHARED_RUN, TINY, TINY_MODEL, copy_workdir, main_command, tiny_config, tiny_text
+from tiny_training import (
+  DIFFERENT,
+  SAME,
+  SHARED_RUN,
+  TINY,
+  TINY_MODEL,
+  changes_update,
+  copy_workdir,
+  main_command,
+  max_difference,
+  one_update,
+  plain_update,
+  tiny_config,
+  tiny_text,
+)
 
 from deqjax.data import OrderedLMStream
 from experiments import trainer
@@ -71,6 +84,14 @@ def _check_solver_overrides_at_evaluation(config, workdir, test_ppl):
   test = lambda **solver: trainer.evaluate_task(rt, params, phase, final=True, **solver)["test_ppl"]
   assert test(max_iter=config.model.max_iter) == test_ppl
   assert test(max_iter=1) != test_ppl
+  # eval_max_iter: evaluation's own cap, apart from training's (an explicit override still wins).
+  capped = config.copy_and_resolve_references()
+  capped.eval_max_iter = 1
+  capped_rt = dataclasses.replace(rt, config=capped, cache={})
+  assert trainer.evaluate_task(capped_rt, params, phase, final=True)["test_ppl"] == test(max_iter=1)
+  assert (
+    trainer.evaluate_task(capped_rt, params, phase, final=True, max_iter=config.model.max_iter)["test_ppl"] == test_ppl
+  )
   assert solver_analysis.ppl_against_cap(rt, params, phase, [config.model.max_iter], 0) == [test_ppl]
   curves = solver_analysis.residual_curves(rt, params, phase, iters=6, warm_segments=1)
   for name, curve in curves.items():
@@ -287,60 +308,25 @@ def test_resume_with_another_seed_or_vocabulary_fails(trained, tmp_path):
     trainer.train_and_evaluate(config, str(workdir))
 
 
-def _one_update(tfds_dir, step, phase="deq", model=None, **fields):
-  """(the negated gradient of training step `step` in phase `phase`, per parameter; its metrics), for the
-  tiny config with `fields` (and `model` fields).
-
-  The update is computed by `train_step` with plain SGD at rate 1 in place of the config's AdamW:
-  Adam's first update is about lr * sign(gradient), so a rounding-level change of a near-zero
-  gradient entry would move it by up to 2 lr; the gradient itself changes only at rounding level
-  when the loss is the same function, and by orders of magnitude more when it is not.
-  """
-  config = tiny_config(tfds_dir, pretrain_steps=0, warmup_steps=0, **fields)
-  config.model.update(model or {})
-  rt, params = trainer.setup(config)
-  rt = dataclasses.replace(rt, optimizer=optax.sgd(1.0))
-  before = jax.tree.leaves(params)
-  memory = trainer.init_memory(rt, params, config.batch_size)
-  x, y = (jax.device_put(a, rt.batch_sharding) for a in OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0))
-  use_jac = trainer.uses_jac_reg(config, phase, step)
-  new_params, _, _, metrics = jax.jit(functools.partial(trainer.train_step, rt, phase, use_jac=use_jac))(
-    params, rt.optimizer.init(params), memory, x, y, step
-  )
-  updates = [np.asarray(a) - np.asarray(b) for a, b in zip(jax.tree.leaves(new_params), before, strict=True)]
-  return updates, metrics
-
-
-def _max_difference(a, b) -> float:
-  """max |a - b| over all parameters, relative to max |b| (two programs computing the same float32 gradient: ~2e-7)."""
-  scale = max(float(np.max(np.abs(v))) for v in b)
-  return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b, strict=True)) / scale
-
-
-# Two updates are the same (the same loss function, computed by possibly different programs) below
-# SAME, and differ (a change of the loss function) above DIFFERENT; nothing may fall in between.
-SAME, DIFFERENT = 1e-5, 1e-2
-
-
 def test_jacobian_penalty_enters_the_update(tfds_dir):
-  plain, metrics = _one_update(tfds_dir, 0, jac_reg=0.0)
+  plain, metrics = one_update(tfds_dir, 0, jac_reg=0.0)
   assert "jac_loss" not in metrics
-  penalised, metrics = _one_update(tfds_dir, 0, jac_reg=5.0)
+  penalised, metrics = one_update(tfds_dir, 0, jac_reg=5.0)
   # Hutchinson estimate of ||df/dz||_F^2 / n: positive, and below the contraction-free bound of
   # a post-LayerNorm cell at initialisation (an exploding estimate would mean a wiring error).
   assert 0.0 < float(metrics["jac_loss"]) < 10.0
-  assert _max_difference(penalised, plain) > DIFFERENT
+  assert max_difference(penalised, plain) > DIFFERENT
 
 
 def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
   # Step 3 lies past jac_reg_until_step = 2: the update is that of the constant weight jac_reg_after.
-  switched_off, _ = _one_update(tfds_dir, 3, jac_reg=5.0, jac_reg_until_step=2, jac_reg_after=0.0)
-  plain, _ = _one_update(tfds_dir, 3, jac_reg=0.0)
-  assert _max_difference(switched_off, plain) < SAME
-  switched_on, _ = _one_update(tfds_dir, 3, jac_reg=0.0, jac_reg_until_step=2, jac_reg_after=5.0)
-  constant, _ = _one_update(tfds_dir, 3, jac_reg=5.0)
-  assert _max_difference(switched_on, constant) < SAME
-  assert _max_difference(switched_on, plain) > DIFFERENT
+  switched_off, _ = one_update(tfds_dir, 3, jac_reg=5.0, jac_reg_until_step=2, jac_reg_after=0.0)
+  plain, _ = one_update(tfds_dir, 3, jac_reg=0.0)
+  assert max_difference(switched_off, plain) < SAME
+  switched_on, _ = one_update(tfds_dir, 3, jac_reg=0.0, jac_reg_until_step=2, jac_reg_after=5.0)
+  constant, _ = one_update(tfds_dir, 3, jac_reg=5.0)
+  assert max_difference(switched_on, constant) < SAME
+  assert max_difference(switched_on, plain) > DIFFERENT
   config = tiny_config(tfds_dir, jac_reg=0.5, jac_reg_until_step=100, jac_reg_after=0.05)
   assert [float(schedules.jac_reg_weight(config, s)) for s in (0, 99, 100, 500)] == pytest.approx(
     [0.5, 0.5, 0.05, 0.05]
@@ -353,30 +339,15 @@ def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
     trainer.check_config(tiny_config(tfds_dir, jac_reg_after=-0.1))
 
 
-@functools.cache
-def _plain_update(tfds_dir, phase):
-  """The tiny config's own first update in phase `phase`, computed once per test process."""
-  return _one_update(tfds_dir, 0, phase)
-
-
-def _changes_update(tfds_dir, phase, model=None, **fields) -> bool:
-  """Whether `fields` (and `model` fields) change the first update of phase `phase` (the tiny config's)."""
-  plain, _ = _plain_update(tfds_dir, phase)
-  changed, _ = _one_update(tfds_dir, 0, phase, model, **fields)
-  difference = _max_difference(changed, plain)
-  assert difference < SAME or difference > DIFFERENT, difference  # the same function, or clearly not
-  return difference > DIFFERENT
-
-
 def test_pretrain_jacobian_penalty_applies_to_unrolled_steps_only(tfds_dir):
   # The DEQ-phase weights leave an unrolled step alone; pretrain_jac_reg enters it, and not a DEQ step.
-  _, metrics = _plain_update(tfds_dir, "pretrain")
+  _, metrics = plain_update(tfds_dir, "pretrain")
   assert "jac_loss" not in metrics
-  assert not _changes_update(tfds_dir, "pretrain", jac_reg=5.0)
-  assert _changes_update(tfds_dir, "pretrain", pretrain_jac_reg=5.0)
-  _, metrics = _one_update(tfds_dir, 0, phase="pretrain", pretrain_jac_reg=5.0)
+  assert not changes_update(tfds_dir, "pretrain", jac_reg=5.0)
+  assert changes_update(tfds_dir, "pretrain", pretrain_jac_reg=5.0)
+  _, metrics = one_update(tfds_dir, 0, phase="pretrain", pretrain_jac_reg=5.0)
   assert 0.0 < float(metrics["jac_loss"]) < 10.0
-  assert not _changes_update(tfds_dir, "deq", pretrain_jac_reg=5.0)
+  assert not changes_update(tfds_dir, "deq", pretrain_jac_reg=5.0)
   with pytest.raises(ValueError, match=r"pretrain_jac_reg=-1"):
     trainer.check_config(tiny_config(tfds_dir, pretrain_jac_reg=-1.0))
 
@@ -391,9 +362,9 @@ def test_settle_iterations_ramp_and_enter_unrolled_steps_only(tfds_dir):
   jump = tiny_config(tfds_dir, pretrain_settle_iters=4, pretrain_settle_from_step=3)
   assert [int(schedules.settle_overrides(jump, s, "pretrain")["settle_iters"]) for s in (2, 3, 9)] == [0, 4, 4]
   # Settle iterations change an unrolled step, not before the ramp starts, and never a DEQ step.
-  assert _changes_update(tfds_dir, "pretrain", pretrain_settle_iters=4)
-  assert not _changes_update(tfds_dir, "pretrain", pretrain_settle_iters=4, pretrain_settle_from_step=1)
-  assert not _changes_update(tfds_dir, "deq", pretrain_settle_iters=4)
+  assert changes_update(tfds_dir, "pretrain", pretrain_settle_iters=4)
+  assert not changes_update(tfds_dir, "pretrain", pretrain_settle_iters=4, pretrain_settle_from_step=1)
+  assert not changes_update(tfds_dir, "deq", pretrain_settle_iters=4)
   with pytest.raises(ValueError, match=r"pretrain_settle_iters=-1"):
     trainer.check_config(tiny_config(tfds_dir, pretrain_settle_iters=-1))
 
@@ -401,13 +372,13 @@ def test_settle_iterations_ramp_and_enter_unrolled_steps_only(tfds_dir):
 def test_phantom_backward_in_deq_steps(tfds_dir):
   # The config's backward options reach fixed_point in DEQ steps: no adjoint solve (0 backward
   # steps), and each of phantom_steps and phantom_damping changes the update; unrolled steps ignore them.
-  implicit, implicit_metrics = _plain_update(tfds_dir, "deq")
-  one, metrics = _one_update(tfds_dir, 0, model=dict(backward="phantom"))
-  two, _ = _one_update(tfds_dir, 0, model=dict(backward="phantom", phantom_steps=2))
-  damped, _ = _one_update(tfds_dir, 0, model=dict(backward="phantom", phantom_steps=2, phantom_damping=0.5))
+  implicit, implicit_metrics = plain_update(tfds_dir, "deq")
+  one, metrics = one_update(tfds_dir, 0, model=dict(backward="phantom"))
+  two, _ = one_update(tfds_dir, 0, model=dict(backward="phantom", phantom_steps=2))
+  damped, _ = one_update(tfds_dir, 0, model=dict(backward="phantom", phantom_steps=2, phantom_damping=0.5))
   assert float(implicit_metrics["b_steps"]) > 0 and float(metrics["b_steps"]) == 0.0
-  assert min(_max_difference(one, implicit), _max_difference(two, one), _max_difference(damped, two)) > DIFFERENT
-  assert not _changes_update(tfds_dir, "pretrain", model=dict(backward="phantom"))
+  assert min(max_difference(one, implicit), max_difference(two, one), max_difference(damped, two)) > DIFFERENT
+  assert not changes_update(tfds_dir, "pretrain", model=dict(backward="phantom"))
   with pytest.raises(ValueError, match=r"Unknown backward='adjoint'"):
     trainer.check_config(tiny_config(tfds_dir, model=dict(backward="adjoint")))
   with pytest.raises(ValueError, match=r"phantom_steps=0"):
