@@ -106,6 +106,7 @@ class _Carry(NamedTuple):
   trace: jax.Array  # [batch, max_iter + 1]
   stall_anchor: jax.Array  # [batch] the residual to beat by the stall margin
   stall_steps: jax.Array  # [batch] int32, steps since the anchor was last beaten
+  kept: jax.Array  # [K, batch, n] the iterates after the step counts in `keep_steps` (K = 0: none)
 
 
 class Limits(NamedTuple):
@@ -153,12 +154,17 @@ def final_status(status: jax.Array) -> jax.Array:
   return jnp.where(status == RUNNING, Status.MAX_STEPS, status).astype(jnp.int32)
 
 
-def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits) -> tuple[jax.Array, SolveInfo]:
+def solve(
+  residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits, keep_steps: tuple[int, ...] = ()
+) -> tuple[jax.Array, SolveInfo]:
   """Iterates `solver` on `residual_fn` from `z0` `[batch, n]` until `limits` stop each row.
+
+  keep_steps: step counts (increasing, in 1..max_iter) after which the iterate is kept: K buffers
+  of `[batch, n]`, not the trajectory. A row that stopped before a count keeps its returned iterate.
 
   Returns:
     The lowest-residual iterate of each row `[batch, n]` and a batched
-    `SolveInfo` (fields `[batch]`, trace `[batch, max_iter + 1]`).
+    `SolveInfo` (fields `[batch]`, trace `[batch, max_iter + 1]`, states `[K, batch, n]` or ()).
   """
   max_iter = limits.max_iter
   batch = z0.shape[0]
@@ -211,6 +217,7 @@ def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits
       trace=c.trace.at[:, c.step + 1].set(jnp.where(active, residual, -1.0)),
       stall_anchor=stall_anchor,
       stall_steps=stall_steps,
+      kept=_keep(c.kept, keep_steps, c.step + 1, active, z),
     )
 
   # A NaN initial residual must not be beaten by nothing: start the best at +inf
@@ -229,6 +236,7 @@ def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits
     trace=trace0,
     stall_anchor=best_residual0,
     stall_steps=jnp.zeros((batch,), jnp.int32),
+    kept=jnp.zeros((len(keep_steps), *z0.shape), z0.dtype),
   )
   carry = lax.while_loop(cond, body, carry)
   status = final_status(carry.status)
@@ -242,4 +250,16 @@ def solve(residual_fn: ResidualFn, z0: jax.Array, solver: Solver, limits: Limits
     status=status,
     trace=carry.trace,
   )
+  if keep_steps:
+    # Rows that stopped before a kept step count never wrote it: they give their returned iterate.
+    reached = carry.nstep[None, :] >= jnp.asarray(keep_steps)[:, None]  # [K, batch]
+    info = info._replace(states=jnp.where(reached[..., None], carry.kept, carry.best_z[None]))
   return carry.best_z, info
+
+
+def _keep(kept: jax.Array, keep_steps: tuple[int, ...], step_count: jax.Array, active: jax.Array, z: jax.Array):
+  """`kept` `[K, batch, n]` with z written into slot k for the active rows where step_count == keep_steps[k]."""
+  if not keep_steps:
+    return kept
+  hit = (jnp.asarray(keep_steps) == step_count)[:, None] & active[None, :]  # [K, batch]
+  return jnp.where(hit[..., None], z[None], kept)

@@ -62,8 +62,8 @@ class _SolveOptions:
   def krylov(self) -> bool:
     return isinstance(self.solver, (GMRES, BiCGStab))
 
-  def run(self, residual_fn, z0_flat):
-    return solve(residual_fn, z0_flat, self.solver, self.limits)
+  def run(self, residual_fn, z0_flat, keep_steps=()):
+    return solve(residual_fn, z0_flat, self.solver, self.limits, keep_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +82,16 @@ class _Options:
   phantom_damping: float
   backward_failure: str
   spec: FlatSpec
+  trajectory_steps: tuple[int, ...] = ()
 
 
 def _squeeze_info(info, batch_axis):
-  """Per-system fields: `[1]` -> scalar when there is no batch axis."""
+  """Per-system fields: `[1]` -> scalar when there is no batch axis (kept states are z-shaped already)."""
   if batch_axis is not None:
     return info
-  return jax.tree.map(lambda a: a[0], info)
+  states = getattr(info, "states", ())
+  squeezed = jax.tree.map(lambda a: a[0], info._replace(states=()) if states else info)
+  return squeezed._replace(states=states) if states else squeezed
 
 
 def _residual_fn(fn, options: _Options, params, x, consts):
@@ -110,7 +113,9 @@ def _residual_fn(fn, options: _Options, params, x, consts):
 def _forward(fn, options: _Options, params, x, z0, consts):
   spec = options.spec
   residual_fn = _residual_fn(fn, options, params, x, consts)
-  z_flat, info = options.forward.run(residual_fn, spec.flatten(z0))
+  z_flat, info = options.forward.run(residual_fn, spec.flatten(z0), options.trajectory_steps)
+  if options.trajectory_steps:
+    info = info._replace(states=tuple(spec.unflatten(state) for state in info.states))
   return spec.unflatten(z_flat), info
 
 
@@ -275,6 +280,7 @@ def fixed_point(
   backward_probe: BackwardStats | None = None,
   max_buffer_bytes: int | None = 2**34,
   has_aux: bool = False,
+  trajectory_steps: tuple[int, ...] = (),
 ) -> tuple[Any, SolveInfo] | tuple[Any, Any, SolveInfo]:
   r"""Finds z* = f(params, z*, x) and differentiates it implicitly.
 
@@ -349,6 +355,12 @@ def fixed_point(
     has_aux: `f` returns `(z_next, aux)`; the solve iterates on `z_next`, and
       `aux` is evaluated once more at the returned z* (one extra call of f),
       differentiable through z* (implicitly) and through params and x.
+    trajectory_steps: step counts (increasing, each in 1..max_iter) whose
+      iterates are handed out as `info.states` (a tuple of z-shaped states,
+      detached: no gradient flows through them), e.g. for the fixed-point
+      correction loss of Bai et al. (2022), which applies the loss to
+      f(params, stop_gradient(state), x). One buffer per count is kept, not
+      the trajectory; a system that stopped earlier gives its returned z*.
 
   Returns:
     `(z_star, info)`: the equilibrium, shaped like `z0`, and a `SolveInfo`
@@ -394,7 +406,8 @@ def fixed_point(
   probe = _check_probe(backward_probe, spec)
   fn, consts = jax.closure_convert(step, params, z0, x)
   checks.reject_forward_mode(consts)
-  options = _Options(False, forward, *backward_options, spec)
+  trajectory_steps = checks.check_trajectory_steps(trajectory_steps, forward.limits.max_iter)
+  options = _Options(False, forward, *backward_options, spec, trajectory_steps)
   z_star, info = _equilibrium(fn, options, params, x, z0, consts, probe)
   if has_aux:
     # Outside the custom VJP: aux's gradient flows through z* (implicitly) and through f directly.
@@ -498,6 +511,7 @@ def root_find(
   backward_failure: str = "keep",
   backward_probe: BackwardStats | None = None,
   max_buffer_bytes: int | None = 2**34,
+  trajectory_steps: tuple[int, ...] = (),
 ) -> tuple[Any, SolveInfo]:
   r"""Finds z with g(z) = 0 and differentiates the root implicitly.
 
@@ -521,8 +535,8 @@ def root_find(
     solver, max_iter, tol, rtol, batch_axis, divergence_ratio, max_growth,
       stall_window, stall_margin, backward, backward_solver,
       backward_max_iter, backward_tol, backward_rtol, phantom_steps,
-      phantom_damping, backward_failure, backward_probe, max_buffer_bytes: as
-      for `fixed_point` (the scales of the relative tests being ||z + g(z)||
+      phantom_damping, backward_failure, backward_probe, max_buffer_bytes,
+      trajectory_steps: as for `fixed_point` (the scales of the relative tests being ||z + g(z)||
       and ||u + r(u)||).
 
   Returns:
@@ -550,7 +564,8 @@ def root_find(
   g_converted, consts = jax.closure_convert(g, z0)
   checks.reject_forward_mode(consts)
   fn = functools.partial(_root_map, g_converted)
-  options = _Options(True, forward, *backward_options, spec)
+  trajectory_steps = checks.check_trajectory_steps(trajectory_steps, forward.limits.max_iter)
+  options = _Options(True, forward, *backward_options, spec, trajectory_steps)
   z, info = _equilibrium(fn, options, (), (), z0, consts, probe)
   return z, _squeeze_info(info, batch_axis)
 

@@ -45,6 +45,9 @@ class SolveInfo(NamedTuple):
     status: int32 `Status` code.
     trace: `[max_iter + 1]` (or `[batch, max_iter + 1]`) residual after each
       step, entry 0 being the initial guess; entries after `nstep` are -1.
+    states: the iterates `fixed_point(..., trajectory_steps=...)` asked for, one
+      state (shaped like z) per requested step count, carrying no gradient; a
+      system that stopped earlier gives its returned z. `()` when none were asked.
   """
 
   nstep: jax.Array
@@ -53,6 +56,7 @@ class SolveInfo(NamedTuple):
   converged: jax.Array
   status: jax.Array
   trace: jax.Array
+  states: tuple = ()
 
 
 class BackwardStats(NamedTuple):

@@ -131,11 +131,11 @@ def transformer_body(model, emb, memory: Memory, dropout_key, unrolled: bool, ja
     )  # fmt: skip
     # As the reference, a later sub-sequence attends to the previous one's equilibria only.
     z_mem, u_mem = parts[-1][0], u_part
-  z_star, out, info, jac = join_sub_sequences(parts)
+  z_star, out, info, extras = join_sub_sequences(parts)
   new_memory = jax.lax.stop_gradient(
     Memory(slide_memory(memory.z, z_star, c.mem_len), slide_memory(memory.u, u, c.mem_len))
   )
-  return out, new_memory, info, jac
+  return out, new_memory, info, extras
 
 
 def empty_memory(config, batch: int, dtype, length: int = 0) -> Memory:
@@ -177,7 +177,8 @@ class DEQTransformerLM(nnx.Module):
 
     Returns:
       (output `[b, q, d_model]`, the new `Memory`, the forward `SolveInfo` or None, the
-      per-sample Jacobian penalty `[b]` or None).
+      `CellExtras`: the per-sample Jacobian penalty `[b]` or None, the fixed-point correction's
+      outputs, each `[b, q, d_model]`).
     """
     memory = self.init_memory(emb.shape[0], emb.dtype) if memory is None else memory
     return transformer_body(self, emb, memory, dropout_key, unrolled, jac_key, **solver_overrides)
@@ -206,12 +207,15 @@ class DEQTransformerLM(nnx.Module):
         `deqjax.nn.solve_cell` when unrolled).
     """
     b, q = tokens.shape
-    out, new_memory, info, jac = transformer_features(
+    out, new_memory, info, extras = transformer_features(
       self, tokens, memory, dropout_key, dtype, unrolled, jac_key, **solver_overrides
     )
     acc = jnp.promote_types(dtype, jnp.float32)
-    nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
-    return ModelOutput(nll.reshape(b, q), new_memory, info, jac)
+    nll = lambda o: self.softmax.nll(o.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding).reshape(
+      b, q
+    )
+    correction_nll = jnp.stack([nll(o) for o in extras.corrections]) if extras.corrections else None
+    return ModelOutput(nll(out), new_memory, info, extras.jac_loss, correction_nll=correction_nll)
 
 
 def transformer_features(model, tokens, memory, dropout_key, dtype, unrolled, jac_key, **solver_overrides):
@@ -221,9 +225,10 @@ def transformer_features(model, tokens, memory, dropout_key, dtype, unrolled, ja
   keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
   emb = apply_mask(model.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_model, c.dropout, dtype))
   memory = empty_memory(c, b, dtype) if memory is None else memory
-  out, new_memory, info, jac = transformer_body(model, emb, memory, keys[1], unrolled, jac_key, **solver_overrides)
-  out = apply_mask(out, position_mask(keys[2], b, tokens.shape[1], c.dropout, dtype))
-  return out, new_memory, info, jac
+  out, new_memory, info, extras = transformer_body(model, emb, memory, keys[1], unrolled, jac_key, **solver_overrides)
+  mask = position_mask(keys[2], b, tokens.shape[1], c.dropout, dtype)
+  corrections = tuple(apply_mask(o, mask) for o in extras.corrections)
+  return apply_mask(out, mask), new_memory, info, extras._replace(corrections=corrections)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,8 +301,11 @@ class DEQTransformerClassifier(nnx.Module):
   ) -> ModelOutput:
     """Per-position cross-entropy of `targets` given `tokens` (both `[b, T]`); arguments as `DEQTransformerLM`."""
     del memory  # every sequence starts afresh
-    out, _, info, jac = transformer_features(
+    out, _, info, extras = transformer_features(
       self, tokens, None, dropout_key, dtype, unrolled, jac_key, **solver_overrides
     )
-    logits = self.head(out.astype(jnp.promote_types(dtype, jnp.float32)))
-    return classifier_output(logits, targets, info=info, jac_loss=jac)
+    head = lambda o: self.head(o.astype(jnp.promote_types(dtype, jnp.float32)))
+    correction_nll = None
+    if extras.corrections:
+      correction_nll = jnp.stack([classifier_output(head(o), targets).nll for o in extras.corrections])
+    return classifier_output(head(out), targets, info=info, jac_loss=extras.jac_loss, correction_nll=correction_nll)

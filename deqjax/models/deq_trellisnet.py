@@ -109,8 +109,9 @@ class DEQTrellisNetLM(nnx.Module):
       jac_key: PRNG key of the Jacobian penalty's probe (None: not computed).
 
     Returns:
-      (output `[b, q, nout]`, the new `TrellisMemory`, the forward `SolveInfo` or None,
-      the per-sample Jacobian penalty `[b]` or None).
+      (output `[b, q, nout]`, the new `TrellisMemory`, the forward `SolveInfo` or None, the
+      `CellExtras`: the per-sample Jacobian penalty `[b]` or None, the fixed-point correction's
+      outputs, each `[b, q, nout]`).
     """
     c = self.config
     b, q, _ = x.shape
@@ -131,9 +132,10 @@ class DEQTrellisNetLM(nnx.Module):
         )
       )  # fmt: skip
       h_last, c_last = parts[-1][0]["h"][:, -1:], parts[-1][0]["c"][:, -1:]  # the next one's history
-    z_star, z_out, info, jac = join_sub_sequences(parts)
+    z_star, z_out, info, extras = join_sub_sequences(parts)
     new_memory = jax.lax.stop_gradient(TrellisMemory(z_star["h"][:, -1:], z_star["c"][:, -1:]))
-    return z_out["h"][..., -c.nout :], new_memory, info, jac
+    corrections = tuple(o["h"][..., -c.nout :] for o in extras.corrections)
+    return z_out["h"][..., -c.nout :], new_memory, info, extras._replace(corrections=corrections)
 
   def __call__(
     self,
@@ -157,10 +159,15 @@ class DEQTrellisNetLM(nnx.Module):
     x = apply_mask(
       self.embedding(tokens).astype(dtype), variational_mask(keys[0], b, c.d_embed, c.dropout_input, dtype)
     )
-    out, new_memory, info, jac = self.body(
+    out, new_memory, info, extras = self.body(
       x, memory, dropout_key=keys[1], unrolled=unrolled, jac_key=jac_key, **solver_overrides
     )
-    out = apply_mask(out, variational_mask(keys[2], b, c.nout, c.dropout_output, dtype))
+    mask = variational_mask(keys[2], b, c.nout, c.dropout_output, dtype)
     acc = jnp.promote_types(dtype, jnp.float32)
-    nll = self.softmax.nll(out.reshape(b * q, -1).astype(acc), targets.reshape(-1), self.embedding)
-    return ModelOutput(nll.reshape(b, q), new_memory, info, jac)
+    flat_targets = targets.reshape(-1)
+
+    def nll(o):
+      return self.softmax.nll(apply_mask(o, mask).reshape(b * q, -1).astype(acc), flat_targets, self.embedding)
+
+    correction_nll = jnp.stack([nll(o).reshape(b, q) for o in extras.corrections]) if extras.corrections else None
+    return ModelOutput(nll(out).reshape(b, q), new_memory, info, extras.jac_loss, correction_nll=correction_nll)

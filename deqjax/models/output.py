@@ -12,7 +12,8 @@ call. Models without an equilibrium (untied stacks, TCNs, RNNs) take the same ar
 the DEQ-only ones (`unrolled=True`, a `jac_key`, solver overrides) with a TypeError.
 
 The language models also share `body(x, memory, *, dropout_key=None, unrolled=False, jac_key=None,
-**solver_overrides) -> (features, new_memory, info, jac_loss)`: everything between the
+**solver_overrides) -> (features, new_memory, info, extras)` (`deqjax.nn.deq_layer.CellExtras`: the
+Jacobian penalty and the fixed-point correction's outputs): everything between the
 (dropped-out) embeddings `x` `[b, q, d_in]` and the output dropout and softmax, which is what the
 paper's memory tables measure; and `init_memory(batch, dtype, length=0)`.
 """
@@ -38,6 +39,8 @@ class ModelOutput(NamedTuple):
     jac_loss: `[b]` Jacobian penalty ||df/dz||_F^2 / n at z*, when a `jac_key` was given.
     logits: `[b, q, n_classes]` of the per-position classifiers; None for the language models
       (their adaptive softmax never forms full logits).
+    correction_nll: `[K, b, q]` the NLL of the same targets read from the fixed-point correction's
+      K outputs (training solves with `correction_steps`), else None.
   """
 
   nll: jax.Array
@@ -45,6 +48,7 @@ class ModelOutput(NamedTuple):
   info: SolveInfo | None = None
   jac_loss: jax.Array | None = None
   logits: jax.Array | None = None
+  correction_nll: jax.Array | None = None
 
 
 def refuse_deq_options(model: str, unrolled: bool, jac_key, solver_overrides: dict) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +91,11 @@ class DEQSettings:
       gradient through the equilibrium (`fixed_point`'s option of that name).
     stall_window, stall_margin: stall detection in both solves (`fixed_point`'s options; 0: off):
       a sample whose residual has not fallen by the relative margin for that many steps stops.
+    correction_steps: the fixed-point correction (Bai et al., 2022): in training, the forward
+      solve's iterates after these step counts (increasing, each <= max_iter) are kept (detached)
+      and the cell is applied once more to each, f(stop_gradient(z_k)) (a one-step phantom
+      gradient); the models score these outputs as they score the equilibrium's (`ModelOutput.
+      correction_nll`), and the trainer adds `correction_weight` x their mean loss. (): off.
     broyden_history: Broyden updates kept per solve (None: all, as the reference; fewer saves
       2 x history x state memory per solve).
     pretrain_depth: layers of the unrolled cell while pretraining.
@@ -113,6 +118,7 @@ class DEQSettings:
   stall_window: int = 0
   stall_margin: float = 0.0
   broyden_history: int | None = None
+  correction_steps: tuple[int, ...] = ()
   pretrain_depth: int = 2
   feed_fz: bool = True
   subseq_len: int = 0
@@ -135,6 +141,19 @@ class DEQSettings:
     if not isinstance(self.feed_fz, bool):
       raise ValueError(f"feed_fz must be a bool; got feed_fz={self.feed_fz!r}.")
     check_backward_options(self.backward, self.phantom_steps, self.phantom_damping, self.backward_failure)
+    steps = self.correction_steps
+    if isinstance(steps, list):
+      steps = tuple(steps)
+      object.__setattr__(self, "correction_steps", steps)
+    if (
+      not isinstance(steps, tuple)
+      or any(isinstance(k, bool) or not isinstance(k, int) for k in steps)
+      or any(not 1 <= k <= self.max_iter for k in steps)
+      or any(a >= b for a, b in zip(steps[:-1], steps[1:], strict=True))
+    ):
+      raise ValueError(
+        f"correction_steps must be increasing ints in 1..max_iter={self.max_iter}; got correction_steps={steps!r}."
+      )
 
   def solver_options(self, **overrides) -> dict:
     """`fixed_point` options: per-sample Broyden with relative tolerances, overridable per call."""
@@ -158,6 +177,19 @@ class DEQSettings:
     return options
 
 
+class CellExtras(NamedTuple):
+  """What a DEQ cell stage computes beside its output, when asked.
+
+  Attributes:
+    jac_loss: `[b]` the per-sample Jacobian penalty (a `jac_key` was given), else None.
+    corrections: the fixed-point correction's outputs, f(stop_gradient(z_k)) at the kept iterates
+      (`DEQSettings.correction_steps`, training solves only), each shaped like the output; () if none.
+  """
+
+  jac_loss: jax.Array | None = None
+  corrections: tuple = ()
+
+
 def cell_output(
   step,
   weights,
@@ -177,18 +209,27 @@ def cell_output(
   `solve_cell`'s (unrolled only); `solver_overrides` override `settings.solver_options`.
 
   Returns:
-    (z, output, info, jac): z from `solve_cell`; output = f(z) when training the equilibrium with
-    `settings.feed_fz`, else z; the forward `SolveInfo` (None when unrolled); the per-sample
-    `jacobian_penalty` when `jac_key` is given, else None. Every state leaf has the batch on axis 0.
+    (z, output, info, extras): z from `solve_cell`; output = f(z) when training the equilibrium with
+    `settings.feed_fz`, else z; the forward `SolveInfo` (None when unrolled); `CellExtras` (the
+    per-sample `jacobian_penalty` when `jac_key` is given; the fixed-point correction's outputs when
+    training a solve with `settings.correction_steps`). Every state leaf has the batch on axis 0.
   """
+  correcting = training and not unrolled and bool(settings.correction_steps)
   if unrolled:
     z, info = solve_cell(step, weights, inputs, z0, unroll_depth=settings.pretrain_depth, settle_iters=settle_iters)
   else:
     options = settings.solver_options(**solver_overrides)
+    if correcting:
+      options["trajectory_steps"] = settings.correction_steps
     z, info = solve_cell(step, weights, inputs, z0, settle_iters=settle_iters, **options)
+  corrections = ()
+  if correcting:
+    # The kept iterates carry no gradient; one more application of f gives each a one-step phantom gradient.
+    corrections = tuple(step(weights, state, inputs) for state in info.states)
+    info = info._replace(states=())
   output = step(weights, z, inputs) if settings.feed_fz and training and not unrolled else z
   jac = None if jac_key is None else jacobian_penalty(step, weights, z, inputs, jac_key)
-  return z, output, info, jac
+  return z, output, info, CellExtras(jac, corrections)
 
 
 def sub_sequences(length: int, subseq_len: int) -> list[tuple[int, int]]:
@@ -200,15 +241,16 @@ def sub_sequences(length: int, subseq_len: int) -> list[tuple[int, int]]:
 
 
 def join_sub_sequences(parts: list[tuple]) -> tuple:
-  """One `(z, output, info, jac)` from `cell_output`'s results on consecutive sub-sequences.
+  """One `(z, output, info, extras)` from `cell_output`'s results on consecutive sub-sequences.
 
-  States and outputs are joined along the length (axis 1 of every leaf). The solve info sums
-  the steps and keeps, per sample, the worst residuals, status and trace entries of the parts;
-  the Jacobian penalty is averaged over positions.
+  States, outputs and correction outputs are joined along the length (axis 1 of every leaf). The
+  solve info sums the steps and keeps, per sample, the worst residuals, status and trace entries of
+  the parts; the Jacobian penalty is averaged over positions.
   """
   if len(parts) == 1:
     return parts[0]
-  zs, outputs, infos, jacs = zip(*parts, strict=True)
+  zs, outputs, infos, extras = zip(*parts, strict=True)
+  jacs = [e.jac_loss for e in extras]
   join = lambda *leaves: jnp.concatenate(leaves, axis=1)
   info = None
   if infos[0] is not None:
@@ -225,7 +267,8 @@ def join_sub_sequences(parts: list[tuple]) -> tuple:
   if jacs[0] is not None:
     lengths = [jax.tree.leaves(z)[0].shape[1] for z in zs]
     jac = sum(j * n for j, n in zip(jacs, lengths, strict=True)) / sum(lengths)
-  return jax.tree.map(join, *zs), jax.tree.map(join, *outputs), info, jac
+  corrections = tuple(jax.tree.map(join, *parts_k) for parts_k in zip(*(e.corrections for e in extras), strict=True))
+  return jax.tree.map(join, *zs), jax.tree.map(join, *outputs), info, CellExtras(jac, corrections)
 
 
 def unrolled(step, weights, inputs, z0, depth: int):

@@ -105,7 +105,19 @@ def _cross_field_problems(config) -> list[str]:
         f"config.{name}={value}: a DEQ solver setting, and config.model_name={config.model_name!r} with"
         f" config.execution={config.execution!r} solves no equilibrium; leave it 0"
       )
+  steps = tuple(getattr(architecture(config), "correction_steps", ()))
+  weight = config.get("correction_weight", 0.0)
+  if bool(steps) != (weight > 0):
+    problems.append(
+      f"config.correction_weight={weight} with config.model.correction_steps={steps}: the fixed-point correction"
+      " needs both (the kept iterates and the weight of their loss), or neither"
+    )
   delta = config.get("train_max_iter_delta", 0)
+  if steps and delta and steps[-1] > model_max_iter - delta:
+    problems.append(
+      f"config.model.correction_steps={steps}: a training step's forward cap can be as low as max_iter -"
+      f" train_max_iter_delta = {model_max_iter - delta}; keep the correction steps within it"
+    )
   if delta and model_max_iter is not None and config.execution == "deq" and delta >= model_max_iter:
     problems.append(
       f"config.train_max_iter_delta={delta}: must be below config.model.max_iter={model_max_iter} (the forward cap"

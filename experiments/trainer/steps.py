@@ -53,6 +53,8 @@ def train_step(
     )  # fmt: skip
     nll = jnp.mean(out.nll)
     loss = nll + jac_reg_weight(rt.config, step, phase) * jnp.mean(out.jac_loss) if use_jac else nll
+    if out.correction_nll is not None:  # the fixed-point correction: the mean loss of the kept iterates' outputs
+      loss = loss + rt.config.correction_weight * jnp.mean(out.correction_nll)
     return loss, (nll, out)
 
   (loss, (nll, out)), (grads, probe_bar) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(params, probe)
@@ -62,6 +64,10 @@ def train_step(
   new_params = optax.apply_updates(params, updates)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   metrics = {"loss": nll, "grad_norm": grad_norm, "finite": finite}
+  if out.correction_nll is not None:  # per kept iterate, the mean NLL of its output
+    metrics.update(
+      {f"correction_loss_{k}": jnp.mean(out.correction_nll[k]) for k in range(out.correction_nll.shape[0])}
+    )
   if use_jac:  # the per-sample penalty: its mean (what the loss adds) and its largest value
     metrics.update(jac_loss=jnp.mean(out.jac_loss), jac_loss_max=jnp.max(out.jac_loss))
   if phase == "deq":

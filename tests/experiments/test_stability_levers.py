@@ -94,6 +94,25 @@ def test_stall_detection_reaches_the_solves(tfds_dir):
       trainer.check_config(tiny_config(tfds_dir, model=model))
 
 
+def test_fixed_point_correction_enters_the_loss_with_its_weight(tfds_dir):
+  # loss = nll + w * mean(correction_nll): the update is affine in w (SGD at rate 1), and w = 0 with the
+  # same kept iterates is the plain update; each kept iterate's loss is logged.
+  steps = dict(correction_steps=(1, 4))
+  plain, _ = one_update(tfds_dir, 0)
+  half, metrics = one_update(tfds_dir, 0, model=steps, correction_weight=0.5)
+  full, _ = one_update(tfds_dir, 0, model=steps, correction_weight=1.0)
+  first, second = [h - p for h, p in zip(half, plain, strict=True)], [f - h for f, h in zip(full, half, strict=True)]
+  assert max_difference(second, first) < SAME and max_difference(half, plain) > DIFFERENT
+  assert 8.0 < float(metrics["correction_loss_0"]) < 11.0 and 8.0 < float(metrics["correction_loss_1"]) < 11.0
+  for fields, model, error in [
+    (dict(correction_weight=0.5), None, r"correction_weight=0.5 with config.model.correction_steps=\(\)"),
+    ({}, steps, r"correction_weight=0.0 with config.model.correction_steps=\(1, 4\)"),
+    (dict(correction_weight=1.0, train_max_iter_delta=5), steps, r"as low as max_iter - train_max_iter_delta = 3"),
+  ]:
+    with pytest.raises(ValueError, match=error):
+      trainer.check_config(tiny_config(tfds_dir, model=model, **fields))
+
+
 def test_solver_metrics_count_converged_samples_and_steps():
   info = deqjax.SolveInfo(
     nstep=jnp.array([3, 8, 5, 8]),

@@ -60,7 +60,7 @@ def test_settle_iterations_bad_values(cell):
 
 
 def test_sub_sequences_split_a_segment_and_join_their_solves():
-  from deqjax.nn.deq_layer import join_sub_sequences, sub_sequences
+  from deqjax.nn.deq_layer import CellExtras, join_sub_sequences, sub_sequences
 
   assert sub_sequences(7, 3) == [(0, 3), (3, 6), (6, 7)]
   assert sub_sequences(5, 0) == [(0, 5)] == sub_sequences(5, 9)
@@ -74,11 +74,14 @@ def test_sub_sequences_split_a_segment_and_join_their_solves():
       nstep=jnp.asarray(nstep), residual=jnp.asarray(residual), rel_residual=2 * jnp.asarray(residual),
       converged=jnp.asarray(status) == 0, status=jnp.asarray(status), trace=jnp.asarray(trace),
     )  # fmt: skip
-    return z, z["h"][..., :1], info, jnp.asarray(jac)
+    return z, z["h"][..., :1], info, CellExtras(jnp.asarray(jac), (z["h"][..., 1:2] + 1,))
 
   first = part(2, [3, 5], [1e-4, 2e-3], [0, 1], [[1.0, 0.5, -1.0], [1.0, 0.8, 0.7]], [1.0, 4.0])
   second = part(6, [4, 1], [3e-4, 1e-5], [0, 0], [[2.0, 0.1, 0.01], [0.9, -1.0, -1.0]], [3.0, 0.0])
-  z, out, info, jac = join_sub_sequences([first, second])
+  z, out, info, extras = join_sub_sequences([first, second])
+  jac = extras.jac_loss
+  (correction,) = extras.corrections
+  np.testing.assert_array_equal(correction[0, :, 0], [3.0] * 2 + [7.0] * 6)
   assert z["h"].shape == (2, 8, 3) and out.shape == (2, 8, 1)
   np.testing.assert_array_equal(z["h"][0, :, 0], [2.0] * 2 + [6.0] * 6)
   np.testing.assert_array_equal(info.nstep, [7, 6])
