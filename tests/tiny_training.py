@@ -72,7 +72,7 @@ def copy_workdir(workdir, tmp_path) -> pathlib.Path:
 # One training update, compared (the tests of what a training field does to the update)
 
 
-def one_update(tfds_dir, step, phase="deq", model=None, max_iter=None, **fields):
+def one_update(tfds_dir, step, phase="deq", model=None, max_iter=None, use_radius=False, **fields):
   """(the negated gradient of training step `step` in phase `phase`, per parameter; its metrics), for the
   tiny config with `fields` (and `model` fields).
 
@@ -89,7 +89,7 @@ def one_update(tfds_dir, step, phase="deq", model=None, max_iter=None, **fields)
   memory = trainer.init_memory(rt, params, config.batch_size)
   x, y = (jax.device_put(a, rt.batch_sharding) for a in OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0))
   use_jac = trainer.uses_jac_reg(config, phase, step)
-  update = functools.partial(trainer.train_step, rt, phase, use_jac=use_jac, max_iter=max_iter)
+  update = functools.partial(trainer.train_step, rt, phase, use_jac=use_jac, max_iter=max_iter, use_radius=use_radius)
   new_params, _, _, metrics = jax.jit(update)(params, rt.optimizer.init(params), memory, x, y, step)
   updates = [np.asarray(a) - np.asarray(b) for a, b in zip(jax.tree.leaves(new_params), before, strict=True)]
   return updates, metrics

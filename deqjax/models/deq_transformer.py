@@ -215,7 +215,10 @@ class DEQTransformerLM(nnx.Module):
       b, q
     )
     correction_nll = jnp.stack([nll(o) for o in extras.corrections]) if extras.corrections else None
-    return ModelOutput(nll(out), new_memory, info, extras.jac_loss, correction_nll=correction_nll)
+    radius = extras.spectral_radius
+    return ModelOutput(
+      nll(out), new_memory, info, extras.jac_loss, correction_nll=correction_nll, spectral_radius=radius
+    )
 
 
 def transformer_features(model, tokens, memory, dropout_key, dtype, unrolled, jac_key, **solver_overrides):
@@ -308,4 +311,7 @@ class DEQTransformerClassifier(nnx.Module):
     correction_nll = None
     if extras.corrections:
       correction_nll = jnp.stack([classifier_output(head(o), targets).nll for o in extras.corrections])
-    return classifier_output(head(out), targets, info=info, jac_loss=extras.jac_loss, correction_nll=correction_nll)
+    return classifier_output(
+      head(out), targets, info=info, jac_loss=extras.jac_loss, correction_nll=correction_nll,
+      spectral_radius=extras.spectral_radius,
+    )  # fmt: skip

@@ -170,4 +170,7 @@ class DEQTrellisNetLM(nnx.Module):
       return self.softmax.nll(apply_mask(o, mask).reshape(b * q, -1).astype(acc), flat_targets, self.embedding)
 
     correction_nll = jnp.stack([nll(o).reshape(b, q) for o in extras.corrections]) if extras.corrections else None
-    return ModelOutput(nll(out).reshape(b, q), new_memory, info, extras.jac_loss, correction_nll=correction_nll)
+    return ModelOutput(
+      nll(out).reshape(b, q), new_memory, info, extras.jac_loss, correction_nll=correction_nll,
+      spectral_radius=extras.spectral_radius,
+    )  # fmt: skip

@@ -41,6 +41,8 @@ class ModelOutput(NamedTuple):
       (their adaptive softmax never forms full logits).
     correction_nll: `[K, b, q]` the NLL of the same targets read from the fixed-point correction's
       K outputs (training solves with `correction_steps`), else None.
+    spectral_radius: `[b]` the spectral radius estimate of df/dz at z* when the call passed a
+      `radius_key` (a DEQ option, passed like the solver overrides), else None.
   """
 
   nll: jax.Array
@@ -49,6 +51,7 @@ class ModelOutput(NamedTuple):
   jac_loss: jax.Array | None = None
   logits: jax.Array | None = None
   correction_nll: jax.Array | None = None
+  spectral_radius: jax.Array | None = None
 
 
 def refuse_deq_options(model: str, unrolled: bool, jac_key, solver_overrides: dict) -> None:

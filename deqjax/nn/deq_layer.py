@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from deqjax import Broyden, SolveInfo, check_backward_options, fixed_point, jacobian_frobenius_sq
+from deqjax import Broyden, SolveInfo, check_backward_options, fixed_point, jacobian_frobenius_sq, spectral_radius
 
 
 def solve_cell(
@@ -184,10 +184,13 @@ class CellExtras(NamedTuple):
     jac_loss: `[b]` the per-sample Jacobian penalty (a `jac_key` was given), else None.
     corrections: the fixed-point correction's outputs, f(stop_gradient(z_k)) at the kept iterates
       (`DEQSettings.correction_steps`, training solves only), each shaped like the output; () if none.
+    spectral_radius: `[b]` a power-method estimate of the spectral radius of df/dz at z* per sample
+      (`deqjax.spectral_radius`, no gradient) when a `radius_key` was given, else None.
   """
 
   jac_loss: jax.Array | None = None
   corrections: tuple = ()
+  spectral_radius: jax.Array | None = None
 
 
 def cell_output(
@@ -201,12 +204,15 @@ def cell_output(
   training: bool,
   jac_key=None,
   settle_iters=0,
+  radius_key=None,
   **solver_overrides,
 ):
   """A DEQ model's cell stage: the equilibrium (or the unrolled state), what the softmax reads, and more.
 
   `unrolled`: apply the cell `settings.pretrain_depth` times instead of solving; `settle_iters` is
-  `solve_cell`'s (unrolled only); `solver_overrides` override `settings.solver_options`.
+  `solve_cell`'s (unrolled only); `radius_key` asks for the spectral radius at z* (solves only;
+  the models pass it on with the solver overrides); `solver_overrides` override
+  `settings.solver_options`.
 
   Returns:
     (z, output, info, extras): z from `solve_cell`; output = f(z) when training the equilibrium with
@@ -229,7 +235,13 @@ def cell_output(
     info = info._replace(states=())
   output = step(weights, z, inputs) if settings.feed_fz and training and not unrolled else z
   jac = None if jac_key is None else jacobian_penalty(step, weights, z, inputs, jac_key)
-  return z, output, info, CellExtras(jac, corrections)
+  radius = None
+  if radius_key is not None and not unrolled:
+    radius = spectral_radius(step, weights, z, inputs, radius_key, num_iter=RADIUS_ITERATIONS, batch_axis=0)
+  return z, output, info, CellExtras(jac, corrections, radius)
+
+
+RADIUS_ITERATIONS = 20  # power iterations of the monitoring estimate (growth averaged over the last 10)
 
 
 def sub_sequences(length: int, subseq_len: int) -> list[tuple[int, int]]:
@@ -245,7 +257,7 @@ def join_sub_sequences(parts: list[tuple]) -> tuple:
 
   States, outputs and correction outputs are joined along the length (axis 1 of every leaf). The
   solve info sums the steps and keeps, per sample, the worst residuals, status and trace entries of
-  the parts; the Jacobian penalty is averaged over positions.
+  the parts; the Jacobian penalty is averaged over positions, the largest spectral radius kept.
   """
   if len(parts) == 1:
     return parts[0]
@@ -268,7 +280,9 @@ def join_sub_sequences(parts: list[tuple]) -> tuple:
     lengths = [jax.tree.leaves(z)[0].shape[1] for z in zs]
     jac = sum(j * n for j, n in zip(jacs, lengths, strict=True)) / sum(lengths)
   corrections = tuple(jax.tree.map(join, *parts_k) for parts_k in zip(*(e.corrections for e in extras), strict=True))
-  return jax.tree.map(join, *zs), jax.tree.map(join, *outputs), info, CellExtras(jac, corrections)
+  radii = [e.spectral_radius for e in extras]
+  radius = None if radii[0] is None else jnp.max(jnp.stack(radii), axis=0)
+  return jax.tree.map(join, *zs), jax.tree.map(join, *outputs), info, CellExtras(jac, corrections, radius)
 
 
 def unrolled(step, weights, inputs, z0, depth: int):

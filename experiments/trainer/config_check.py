@@ -98,7 +98,7 @@ def _model_problems(config) -> list[str]:
 def _cross_field_problems(config) -> list[str]:
   problems = []
   model_max_iter = getattr(architecture(config), "max_iter", None)
-  for name in ("train_max_iter_delta", "eval_max_iter"):
+  for name in ("train_max_iter_delta", "eval_max_iter", "spectral_radius_every"):
     value = config.get(name, 0)
     if value and (model_max_iter is None or config.execution != "deq"):
       problems.append(

@@ -106,9 +106,11 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
       x, y = (to_global(a, rt.batch_sharding, c.batch_size) for a in (inputs, targets))
       use_jac = uses_jac_reg(c, phase, progress.step)
       cap = train_max_iter(c, phase, progress.step, model_max_iter)
+      every = c.get("spectral_radius_every", 0)
+      use_radius = phase == "deq" and every > 0 and (progress.step + 1) % every == 0
       update = rt.jitted(
-        ("train", phase, use_jac, cap),
-        functools.partial(train_step, rt, phase, use_jac=use_jac, max_iter=cap),
+        ("train", phase, use_jac, cap, use_radius),
+        functools.partial(train_step, rt, phase, use_jac=use_jac, max_iter=cap, use_radius=use_radius),
         donate_argnums=(0, 1),
       )
       params, opt_state, memory, metrics = update(params, opt_state, memory, x, y, progress.step)

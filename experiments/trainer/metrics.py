@@ -109,6 +109,8 @@ def _progress_line(record: dict, num_steps: int, seconds_per_step: float) -> str
     f_conv, b_conv = record.get("f_converged", float("nan")), record.get("b_converged", float("nan"))
     parts.append(f"solver f {record['f_steps']:.1f} steps (res {record['f_residual']:.1e}, {f_conv:.0%} conv)")
     parts.append(f"b {record['b_steps']:.1f} steps (res {record['b_residual']:.1e}, {b_conv:.0%} conv)")
+  if "spectral_radius" in record:
+    parts.append(f"rho {record['spectral_radius']:.2f} (max {record['spectral_radius_max']:.2f})")
   if "grad_norm" in record:
     parts.append(f"|g| {record['grad_norm']:.2f}")
   parts.append(f"{record['tokens_per_s']:.0f} tok/s")

@@ -30,13 +30,15 @@ def model_forward(rt: Runtime, params, tokens, targets, memory, *, key, phase, p
 
 
 def train_step(
-  rt: Runtime, phase: str, params, opt_state, memory, tokens, targets, step, *, use_jac: bool, max_iter=None
-):
+  rt: Runtime, phase: str, params, opt_state, memory, tokens, targets, step, *, use_jac: bool, max_iter=None,
+  use_radius: bool = False,
+):  # fmt: skip
   """One update; a non-finite loss or gradient leaves parameters, optimizer state and memory unchanged.
 
   use_jac: whether the update computes the Jacobian penalty (`uses_jac_reg` at this step); its
   weight follows the traced `step`, so one compiled update serves a change from one positive
   weight to another. max_iter: this step's forward cap (`train_max_iter`; None: the model's).
+  use_radius: also estimate the spectral radius of df/dz at z* (`spectral_radius_every`; DEQ steps).
   """
   key = jax.random.fold_in(dropout_base_key(rt.config), step)
   dropout_key, jac_key = jax.random.split(key)
@@ -45,6 +47,8 @@ def train_step(
   overrides = settle_overrides(rt.config, step, phase)
   if max_iter is not None:
     overrides["max_iter"] = max_iter
+  if use_radius and phase == "deq":  # its own key: the dropout and probe keys stay those of every other step
+    overrides["radius_key"] = jax.random.fold_in(key, 2)
 
   def loss_fn(params, probe):
     out = model_forward(
@@ -68,6 +72,8 @@ def train_step(
     metrics.update(
       {f"correction_loss_{k}": jnp.mean(out.correction_nll[k]) for k in range(out.correction_nll.shape[0])}
     )
+  if out.spectral_radius is not None:  # per sample at z*: the mean and the largest
+    metrics.update(spectral_radius=jnp.mean(out.spectral_radius), spectral_radius_max=jnp.max(out.spectral_radius))
   if use_jac:  # the per-sample penalty: its mean (what the loss adds) and its largest value
     metrics.update(jac_loss=jnp.mean(out.jac_loss), jac_loss_max=jnp.max(out.jac_loss))
   if phase == "deq":

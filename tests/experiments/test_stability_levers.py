@@ -113,6 +113,20 @@ def test_fixed_point_correction_enters_the_loss_with_its_weight(tfds_dir):
       trainer.check_config(tiny_config(tfds_dir, model=model, **fields))
 
 
+def test_spectral_radius_monitoring_leaves_the_update_alone(tfds_dir):
+  # Two steps each way: few enough that rounding differences between the two programs stay at rounding level.
+  few = dict(max_iter=2, backward_max_iter=2)
+  plain, plain_metrics = one_update(tfds_dir, 0, model=few)
+  monitored, metrics = one_update(tfds_dir, 0, model=few, use_radius=True)
+  assert "spectral_radius" not in plain_metrics and max_difference(monitored, plain) < SAME
+  # One estimate per sample at the returned state: their mean, at most their largest.
+  assert 0.1 < float(metrics["spectral_radius"]) <= float(metrics["spectral_radius_max"]) < 10.0
+  config = tiny_config(tfds_dir, spectral_radius_every=25)
+  assert trainer.check_config(config) is None
+  with pytest.raises(ValueError, match=r"spectral_radius_every=25: a DEQ solver setting"):
+    trainer.check_config(tiny_config(tfds_dir, spectral_radius_every=25, execution="unrolled"))
+
+
 def test_solver_metrics_count_converged_samples_and_steps():
   info = deqjax.SolveInfo(
     nstep=jnp.array([3, 8, 5, 8]),
