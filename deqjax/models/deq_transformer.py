@@ -24,6 +24,7 @@ from deqjax.nn.attention import sinusoid_positions
 from deqjax.nn.deq_layer import DEQSettings, cell_output, check_int, join_sub_sequences, sub_sequences
 from deqjax.nn.dropout import apply_mask, position_mask, variational_mask
 from deqjax.nn.transformer_cell import DEQTransformerCell, cell_masks, slide_memory
+from deqjax.nn.weight_norm import check_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,9 @@ class DEQTransformerConfig(DEQSettings):
     tie_projs: per cluster, whether the softmax reuses the embedding's projection (None: the
       reference training script's choice, the head's own and the tails' tied; missing trailing
       entries are untied, as in the reference). Resolved to one bool per cluster.
+    norm: the cell's linear maps' normalisation: "weight" (the reference's weight norm) or
+      "spectral" (each kernel divided by its largest singular value: a stability lever, not the
+      reference).
   """
 
   n_token: int
@@ -63,9 +67,11 @@ class DEQTransformerConfig(DEQSettings):
   local_size: int = 0
   tie_weights: bool = True
   tie_projs: tuple[bool, ...] | None = None
+  norm: str = "weight"
 
   def __post_init__(self):
     super().__post_init__()
+    check_norm(self.norm)
     for name in ("d_model", "n_head", "d_inner", "div_val"):
       check_int(name, getattr(self, name), low=1)
     for name in ("n_token", "mem_len"):  # n_token 0: set from the data by the experiments
@@ -153,7 +159,14 @@ class DEQTransformerLM(nnx.Module):
     self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
     self.injection = nnx.Linear(c.d_model, 3 * c.n_head * c.d_head, rngs=rngs)
     self.cell = DEQTransformerCell(
-      c.d_model, c.n_head, c.d_head, c.d_inner, pre_lnorm=c.pre_lnorm, window=c.attention_window, rngs=rngs
+      c.d_model,
+      c.n_head,
+      c.d_head,
+      c.d_inner,
+      pre_lnorm=c.pre_lnorm,
+      window=c.attention_window,
+      norm=c.norm,
+      rngs=rngs,
     )
     self.softmax = ProjectedAdaptiveLogSoftmax(
       c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, tie_weights=c.tie_weights, tie_projs=c.tie_projs,
@@ -240,7 +253,7 @@ class DEQTransformerClassifierConfig(DEQSettings):
 
   Attributes:
     n_token: input symbols; n_classes: output classes (0: n_token).
-    d_model, n_head, d_head, d_inner, dropout: as `DEQTransformerConfig`.
+    d_model, n_head, d_head, d_inner, dropout, norm: as `DEQTransformerConfig`.
   """
 
   n_token: int
@@ -250,12 +263,13 @@ class DEQTransformerClassifierConfig(DEQSettings):
   n_classes: int = 0
   d_head: int | None = None
   dropout: float = 0.0
+  norm: str = "weight"
 
   def __post_init__(self):
     super().__post_init__()
     as_lm = DEQTransformerConfig(
       n_token=self.n_token, d_model=self.d_model, n_head=self.n_head, d_inner=self.d_inner, d_head=self.d_head,
-      dropout=self.dropout,
+      dropout=self.dropout, norm=self.norm,
     )  # fmt: skip
     object.__setattr__(self, "d_head", as_lm.d_head)
     if self.n_classes == 0:
@@ -282,7 +296,7 @@ class DEQTransformerClassifier(nnx.Module):
     self.config = c
     self.embedding = nnx.Embed(c.n_token, c.d_model, rngs=rngs)
     self.injection = nnx.Linear(c.d_model, 3 * c.n_head * c.d_head, rngs=rngs)
-    self.cell = DEQTransformerCell(c.d_model, c.n_head, c.d_head, c.d_inner, rngs=rngs)
+    self.cell = DEQTransformerCell(c.d_model, c.n_head, c.d_head, c.d_inner, norm=c.norm, rngs=rngs)
     self.head = nnx.Linear(c.d_model, c.n_classes, rngs=rngs)
 
   def init_memory(self, batch: int, dtype=jnp.float32, length: int = 0) -> tuple:

@@ -19,6 +19,7 @@ from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, c
 from deqjax.nn.deq_layer import DEQSettings, cell_output, check_int, join_sub_sequences, sub_sequences
 from deqjax.nn.dropout import apply_mask, variational_mask
 from deqjax.nn.trellisnet_cell import DEQTrellisNetCell
+from deqjax.nn.weight_norm import check_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,9 @@ class DEQTrellisNetConfig(DEQSettings):
     dropout_input, dropout_hidden, dropout_output: variational dropout rates.
     kernel_size, dilation: of the injection (no dilation) and recurrent convolutions.
     tie_weights: the decoder is the embedding table (False: its own `[n_token, nout]`).
+    norm: the cell's convolutions' normalisation: "weight" (the reference's weight norm) or
+      "spectral" (each kernel, as a `[taps * d_in, d_out]` matrix, divided by its largest singular
+      value: a stability lever, not the reference).
   """
 
   n_token: int
@@ -46,12 +50,14 @@ class DEQTrellisNetConfig(DEQSettings):
   kernel_size: int = 2
   dilation: int = 1
   tie_weights: bool = True
+  norm: str = "weight"
   max_iter: int = dataclasses.field(default=45, kw_only=True)
   backward_max_iter: int = dataclasses.field(default=45, kw_only=True)
   pretrain_depth: int = dataclasses.field(default=40, kw_only=True)
 
   def __post_init__(self):
     super().__post_init__()
+    check_norm(self.norm)
     for name in ("d_embed", "nhid", "nout"):
       check_int(name, getattr(self, name), low=1)
     check_int("n_token", self.n_token, low=0)  # 0: set from the data by the experiments
@@ -84,7 +90,9 @@ class DEQTrellisNetLM(nnx.Module):
     c = config
     self.config = c
     self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_embed, (), 1, scale=False, rngs=rngs)
-    self.cell = DEQTrellisNetCell(c.d_embed, c.d_state, kernel_size=c.kernel_size, dilation=c.dilation, rngs=rngs)
+    self.cell = DEQTrellisNetCell(
+      c.d_embed, c.d_state, kernel_size=c.kernel_size, dilation=c.dilation, norm=c.norm, rngs=rngs
+    )
     self.softmax = ProjectedAdaptiveLogSoftmax(
       c.n_token, c.nout, c.nout, c.cutoffs, 1, tie_weights=c.tie_weights, rngs=rngs
     )

@@ -41,7 +41,14 @@ class TransformerXLLM(nnx.Module):
     self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
     self.layers = nnx.List(
       DEQTransformerCell(
-        c.d_model, c.n_head, c.d_head, c.d_inner, pre_lnorm=c.pre_lnorm, window=c.attention_window, rngs=rngs
+        c.d_model,
+        c.n_head,
+        c.d_head,
+        c.d_inner,
+        pre_lnorm=c.pre_lnorm,
+        window=c.attention_window,
+        norm=c.norm,
+        rngs=rngs,
       )
       for _ in range(c.n_layer)
     )

@@ -53,16 +53,17 @@ class DEQTransformerCell(nnx.Module):
     *,
     pre_lnorm: bool = False,
     window: int | None = None,
+    norm: str = "weight",
     rngs: nnx.Rngs,
   ):
     width = n_head * d_head
-    self.qkv = WeightNormDense(d_model, 3 * width, use_bias=False, rngs=rngs)
-    self.r_net = WeightNormDense(d_model, width, use_bias=False, rngs=rngs)
+    self.qkv = WeightNormDense(d_model, 3 * width, use_bias=False, norm=norm, rngs=rngs)
+    self.r_net = WeightNormDense(d_model, width, use_bias=False, norm=norm, rngs=rngs)
     self.r_w_bias = nnx.Param(jax.random.uniform(rngs.params(), (n_head, d_head), jnp.float32, -0.05, 0.05))
     self.r_r_bias = nnx.Param(jax.random.uniform(rngs.params(), (n_head, d_head), jnp.float32, -0.05, 0.05))
-    self.o_net = WeightNormDense(width, d_model, use_bias=True, rngs=rngs)
-    self.ff1 = WeightNormDense(d_model, d_inner, use_bias=True, rngs=rngs)
-    self.ff2 = WeightNormDense(d_inner, d_model, use_bias=True, rngs=rngs)
+    self.o_net = WeightNormDense(width, d_model, use_bias=True, norm=norm, rngs=rngs)
+    self.ff1 = WeightNormDense(d_model, d_inner, use_bias=True, norm=norm, rngs=rngs)
+    self.ff2 = WeightNormDense(d_inner, d_model, use_bias=True, norm=norm, rngs=rngs)
     self.n_head, self.d_head = n_head, d_head
     self.pre_lnorm, self.window = pre_lnorm, window
 
