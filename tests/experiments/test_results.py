@@ -81,3 +81,33 @@ def test_training_plot_is_written_at_its_size(tmp_path):
   assert header[:8] == b"\x89PNG\r\n\x1a\n"
   width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
   assert (width, height) == (13 * 80, round(3.6 * 80))  # figsize x 80 dpi: small enough for the repository
+
+
+def test_stability_table_weighs_records_by_the_steps_they_cover(tmp_path):
+  from experiments.analysis import stability_table
+
+  # Pretraining up to step 100, then DEQ records at 125 (25 steps, 80 % converged), 150 (25 steps,
+  # all) and 200 (50 steps, none): 0.8 * 25 + 25 + 0 = 45 of 100 steps.
+  train = [
+    {"step": 100, "phase": "pretrain", "loss": 7.0, "s_per_step": 0.1},
+    {"step": 125, "phase": "deq", "loss": 6.9, "s_per_step": 0.4, "converged": 0.8, "f_converged": 0.9,
+     "b_converged": 0.85, "f_residual": 2e-3, "b_residual": 1e-3},
+    {"step": 150, "phase": "deq", "loss": 6.8, "s_per_step": 0.4, "converged": 1.0, "f_converged": 1.0,
+     "b_converged": 1.0, "f_residual": 5e-4, "b_residual": 4e-4},
+    {"step": 200, "phase": "deq", "loss": 6.7, "s_per_step": 0.7, "converged": 0.0, "f_converged": 0.5,
+     "b_converged": 0.25, "f_residual": 4e-2, "b_residual": 1e-1},
+  ]  # fmt: skip
+  s = stability_table.summarize(train)
+  assert s["deq_steps"] == 100 and s["converged"] == pytest.approx(0.45)
+  assert s["f_converged"] == pytest.approx((0.9 * 25 + 25 + 0.5 * 50) / 100)
+  assert s["s_per_step"] == pytest.approx((0.4 * 50 + 0.7 * 50) / 100)
+  assert (s["f_residual"], s["b_residual"]) == (4e-2, 1e-1)  # the last record's
+  # The levers column names what differs from the baseline, model fields under model.
+  assert stability_table.levers("baseline") == "none (the main job)"
+  assert stability_table.levers("jac_reg_01_fpc") == (
+    "correction_weight=0.5, jac_reg=0.1, model.correction_steps=(3, 6)"
+  )
+  _write_run(workdir(tmp_path, "stability", "baseline"), [*train, {"step": 200, "test_ppl": 350.0}])
+  table = stability_table.table(str(tmp_path))
+  assert "| baseline | none (the main job) | 45.0% of 100 |" in table and "350.00" in table
+  assert "| jac_reg_01 | jac_reg=0.1 | not run |" in table

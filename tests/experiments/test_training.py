@@ -243,7 +243,7 @@ def test_non_finite_steps_are_skipped_then_stop(tfds_dir, tmp_path, monkeypatch)
   config = tiny_config(tfds_dir, num_train_steps=20, pretrain_steps=20, max_nonfinite_steps=3, checkpoint_every_steps=2)
   forward, step_fn = steps.model_forward, steps.train_step
 
-  def poisoned_step(rt, phase, params, opt_state, memory, tokens, targets, step, *, use_jac):
+  def poisoned_step(rt, phase, params, opt_state, memory, tokens, targets, step, **options):
     """From the 5th step (index 4) on, the loss is NaN."""
 
     def poisoned_forward(*args, **kwargs):
@@ -252,7 +252,7 @@ def test_non_finite_steps_are_skipped_then_stop(tfds_dir, tmp_path, monkeypatch)
 
     with monkeypatch.context() as patch:
       patch.setattr(steps, "model_forward", poisoned_forward)
-      return step_fn(rt, phase, params, opt_state, memory, tokens, targets, step, use_jac=use_jac)
+      return step_fn(rt, phase, params, opt_state, memory, tokens, targets, step, **options)
 
   monkeypatch.setattr(loop, "train_step", poisoned_step)
   with pytest.raises(trainer.NonFiniteError, match="3 consecutive steps"):
