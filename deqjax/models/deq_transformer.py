@@ -152,22 +152,21 @@ def empty_memory(config, batch: int, dtype, length: int = 0) -> Memory:
   )
 
 
+def cell_of(c: DEQTransformerConfig, rngs: nnx.Rngs) -> DEQTransformerCell:
+  """The cell a `DEQTransformerConfig` (or a config extending it) describes."""
+  return DEQTransformerCell(
+    c.d_model, c.n_head, c.d_head, c.d_inner, pre_lnorm=c.pre_lnorm, window=c.attention_window, norm=c.norm,
+    rngs=rngs,
+  )  # fmt: skip
+
+
 class DEQTransformerLM(nnx.Module):
   def __init__(self, config: DEQTransformerConfig, *, rngs: nnx.Rngs):
     c = config
     self.config = c
     self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
     self.injection = nnx.Linear(c.d_model, 3 * c.n_head * c.d_head, rngs=rngs)
-    self.cell = DEQTransformerCell(
-      c.d_model,
-      c.n_head,
-      c.d_head,
-      c.d_inner,
-      pre_lnorm=c.pre_lnorm,
-      window=c.attention_window,
-      norm=c.norm,
-      rngs=rngs,
-    )
+    self.cell = cell_of(c, rngs)
     self.softmax = ProjectedAdaptiveLogSoftmax(
       c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, tie_weights=c.tie_weights, tie_projs=c.tie_projs,
       rngs=rngs,

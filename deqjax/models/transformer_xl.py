@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from deqjax.models.deq_transformer import DEQTransformerConfig
+from deqjax.models.deq_transformer import DEQTransformerConfig, cell_of
 from deqjax.models.output import ModelOutput, refuse_deq_options
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from deqjax.nn.attention import sinusoid_positions
 from deqjax.nn.dropout import apply_mask, position_mask, variational_mask
-from deqjax.nn.transformer_cell import DEQTransformerCell, cell_masks, slide_memory
+from deqjax.nn.transformer_cell import cell_masks, slide_memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,19 +39,7 @@ class TransformerXLLM(nnx.Module):
     c = config
     self.config = c
     self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, rngs=rngs)
-    self.layers = nnx.List(
-      DEQTransformerCell(
-        c.d_model,
-        c.n_head,
-        c.d_head,
-        c.d_inner,
-        pre_lnorm=c.pre_lnorm,
-        window=c.attention_window,
-        norm=c.norm,
-        rngs=rngs,
-      )
-      for _ in range(c.n_layer)
-    )
+    self.layers = nnx.List(cell_of(c, rngs) for _ in range(c.n_layer))
     self.softmax = ProjectedAdaptiveLogSoftmax(
       c.n_token, c.d_embed, c.d_model, c.cutoffs, c.div_val, tie_weights=c.tie_weights, tie_projs=c.tie_projs,
       rngs=rngs,
