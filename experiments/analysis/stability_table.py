@@ -42,7 +42,7 @@ def levers(row: str) -> str:
   }
   base, mine = flat(load_config("stability", "baseline")), flat(load_config("stability", row))
   changed = [f"{k}={mine[k]}" for k in sorted(mine) if base.get(k) != mine[k]]
-  return ", ".join(changed) or "none (the main job)"
+  return ", ".join(changed) or "none (the main job before its levers: weight norm, caps 16)"
 
 
 def summarize(records: list[dict]) -> dict:

@@ -103,11 +103,12 @@ def test_stability_table_weighs_records_by_the_steps_they_cover(tmp_path):
   assert s["s_per_step"] == pytest.approx((0.4 * 50 + 0.7 * 50) / 100)
   assert (s["f_residual"], s["b_residual"]) == (4e-2, 1e-1)  # the last record's
   # The levers column names what differs from the baseline, model fields under model.
-  assert stability_table.levers("baseline") == "none (the main job)"
-  assert stability_table.levers("jac_reg_01_fpc") == (
-    "correction_weight=0.5, jac_reg=0.1, model.correction_steps=(3, 6)"
+  assert stability_table.levers("baseline") == "none (the main job before its levers: weight norm, caps 16)"
+  assert stability_table.levers("fpc_jac_reg_002") == (
+    "correction_weight=0.5, jac_reg=0.02, model.correction_steps=(3, 6)"
   )
   _write_run(workdir(tmp_path, "stability", "baseline"), [*train, {"step": 200, "test_ppl": 350.0}])
   table = stability_table.table(str(tmp_path))
-  assert "| baseline | none (the main job) | 45.0% of 100 |" in table and "350.00" in table
-  assert "| jac_reg_01 | jac_reg=0.1 | not run |" in table
+  assert "| baseline | none (the main job before its levers: weight norm, caps 16) | 45.0% of 100 |" in table
+  assert "350.00" in table
+  assert "| jac_reg_005 | jac_reg=0.05 | not run |" in table

@@ -1,4 +1,4 @@
-"""Stability row `baseline`: the README's main job as it is (no lever)."""
+"""Stability row `baseline`: the README's main job before issue 25 (weight norm, caps 16, no lever)."""
 
 from experiments.configs.stability.common import lever_row
 

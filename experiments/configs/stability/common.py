@@ -1,4 +1,5 @@
-"""The stability rows: the README's main job (experiments/configs/default.py) with its levers set.
+"""The stability rows: the README's main job (experiments/configs/default.py) as it was before its levers
+(weight norm, caps 16), with the row's levers set; `spectral_cap24` is the main job as it is now.
 
 Each row is `python -m experiments.main --config=experiments/configs/stability/<row>.py
 --workdir=results/stability/<row>`; `python -m experiments.analysis.stability_table` reads them.
@@ -8,10 +9,15 @@ import ml_collections
 
 from experiments.configs import default
 
+# The main job as it was before issue 25 adopted its levers: the reference's weight norm, caps of 16.
+BEFORE_LEVERS = dict(norm="weight", max_iter=16, backward_max_iter=16)
+
 
 def lever_row(row: str, model: dict | None = None, **training) -> ml_collections.ConfigDict:
-  """The main job's config named `stability/<row>`, with training fields `training` and model fields `model`."""
+  """The main job before its levers (`BEFORE_LEVERS`) named `stability/<row>`, with training fields
+  `training` and model fields `model`."""
   config = default.get_config()
+  config.model.update(BEFORE_LEVERS)
   config.study, config.row = "stability", row
   unknown = sorted(set(training) - set(config.keys()))
   if unknown:
