@@ -89,9 +89,8 @@ def _squeeze_info(info, batch_axis):
   """Per-system fields: `[1]` -> scalar when there is no batch axis (kept states are z-shaped already)."""
   if batch_axis is not None:
     return info
-  states = getattr(info, "states", ())
-  squeezed = jax.tree.map(lambda a: a[0], info._replace(states=()) if states else info)
-  return squeezed._replace(states=states) if states else squeezed
+  squeezed = jax.tree.map(lambda a: a[0], info._replace(states=()))
+  return squeezed._replace(states=info.states)
 
 
 def _residual_fn(fn, options: _Options, params, x, consts):

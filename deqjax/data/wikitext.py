@@ -20,7 +20,9 @@ Nothing is downloaded: the files come from a manual directory holding
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import os
 import zipfile
@@ -207,6 +209,20 @@ def check_source(name: str, prepared: dict | None, manual_dir: str, data_dir: st
     )
 
 
+@contextlib.contextmanager
+def _preparing(dataset_dir: str):
+  """Holds an exclusive lock on `<dataset_dir>.lock` (on a local disk), so that runs started together on a
+  fresh data_dir prepare the dataset once: TFDS's own preparation fails in every process but the first to
+  finish (its final rename finds the folder there). Remote data_dirs (gs://...) are prepared unlocked."""
+  if "://" in dataset_dir:
+    yield
+    return
+  os.makedirs(os.path.dirname(dataset_dir), exist_ok=True)
+  with open(f"{dataset_dir}.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    yield
+
+
 @dataclasses.dataclass(frozen=True)
 class WikitextData:
   """A WikiText dataset in memory: the vocabulary and each split's token stream (int32 ids)."""
@@ -233,13 +249,18 @@ def load_wikitext(name: str, manual_dir: str, data_dir: str | None = None) -> Wi
   names = [c.name for c in Wikitext.BUILDER_CONFIGS]
   if name not in names:
     raise ValueError(f"Unknown WikiText config name={name!r}; expected one of {names}.")
-  builder = Wikitext(config=name, data_dir=data_dir, file_format="array_record")
+  make_builder = lambda: Wikitext(config=name, data_dir=data_dir, file_format="array_record")
+  builder, prepared_here = make_builder(), False
   if not builder.is_prepared():
     if not os.path.isdir(manual_dir):
       raise FileNotFoundError(f"manual_dir={manual_dir!r} is not a directory; it must hold the WikiText files.")
     find_files(manual_dir, builder.builder_config)  # names the missing files before TFDS starts
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  else:
+    with _preparing(os.path.dirname(os.fspath(builder.data_dir))):
+      builder = make_builder()  # another process may have prepared it while this one waited
+      if not builder.is_prepared():
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        prepared_here = True
+  if not prepared_here:
     prepared = builder.info.metadata.get("source")
     check_source(name, prepared, manual_dir, str(builder.data_dir_root), builder.builder_config)
   vocab = tuple(builder.info.metadata["vocab"])

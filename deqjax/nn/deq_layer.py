@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from deqjax import Broyden, SolveInfo, check_backward_options, fixed_point, jacobian_frobenius_sq, spectral_radius
+from deqjax._validation import check_stall, check_trajectory_steps
 
 
 def solve_cell(
@@ -128,10 +129,8 @@ class DEQSettings:
     for name in ("max_iter", "backward_max_iter", "pretrain_depth", "phantom_steps"):
       check_int(name, getattr(self, name), low=1)
     check_int("subseq_len", self.subseq_len, low=0)
-    check_int("stall_window", self.stall_window, low=0)
-    margin = self.stall_margin
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
-      raise ValueError(f"stall_margin must be a number in [0, 1); got stall_margin={margin!r}.")
+    check_int("stall_window", self.stall_window, low=0)  # 0: off (the core's None)
+    check_stall(self.stall_window or None, self.stall_margin)
     if self.broyden_history is not None:
       check_int("broyden_history", self.broyden_history, low=1)
     for name in ("rtol", "backward_rtol"):
@@ -141,19 +140,11 @@ class DEQSettings:
     if not isinstance(self.feed_fz, bool):
       raise ValueError(f"feed_fz must be a bool; got feed_fz={self.feed_fz!r}.")
     check_backward_options(self.backward, self.phantom_steps, self.phantom_damping, self.backward_failure)
-    steps = self.correction_steps
-    if isinstance(steps, list):
-      steps = tuple(steps)
-      object.__setattr__(self, "correction_steps", steps)
-    if (
-      not isinstance(steps, tuple)
-      or any(isinstance(k, bool) or not isinstance(k, int) for k in steps)
-      or any(not 1 <= k <= self.max_iter for k in steps)
-      or any(a >= b for a, b in zip(steps[:-1], steps[1:], strict=True))
-    ):
-      raise ValueError(
-        f"correction_steps must be increasing ints in 1..max_iter={self.max_iter}; got correction_steps={steps!r}."
-      )
+    try:  # a config error is a ValueError naming the field, whatever the core's check raised
+      steps = check_trajectory_steps(self.correction_steps, self.max_iter)
+    except (TypeError, ValueError) as error:
+      raise ValueError(str(error).replace("trajectory_steps", "correction_steps")) from None
+    object.__setattr__(self, "correction_steps", steps)
 
   def solver_options(self, **overrides) -> dict:
     """`fixed_point` options: per-sample Broyden with relative tolerances, overridable per call."""

@@ -165,8 +165,14 @@ def add_copy_memory_training(config: ml_collections.ConfigDict, **values) -> ml_
 
 
 def _add_fields(config, fields: dict, values: dict) -> ml_collections.ConfigDict:
-  unknown = sorted(set(values) - set(fields))
+  config.update(fields)
+  return update_known(config, values, fields)
+
+
+def update_known(config: ml_collections.ConfigDict, values: dict, known) -> ml_collections.ConfigDict:
+  """`config` updated with `values`; a name outside `known` is a ValueError listing the known names."""
+  unknown = sorted(set(values) - set(known))
   if unknown:
-    raise ValueError(f"Unknown training field(s) {unknown}; known: {sorted(fields)}.")
-  config.update({**fields, **values})
+    raise ValueError(f"Unknown training field(s) {unknown}; known: {sorted(known)}.")
+  config.update(values)
   return config

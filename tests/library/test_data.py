@@ -1,5 +1,6 @@
 """WikiText through TFDS on the real WikiText-2 files, the vocabulary rules, and the ordered LM stream."""
 
+import concurrent.futures
 import os
 import shutil
 import zipfile
@@ -49,6 +50,16 @@ def test_real_wikitext2_token_counts(manual_dir, tmp_path):
   copy = shutil.copytree(manual_dir, tmp_path / "moved")
   again = load_wikitext("wikitext2", str(copy), str(tmp_path))
   np.testing.assert_array_equal(again.splits["test"], data.splits["test"])
+
+
+def test_runs_started_together_prepare_the_dataset_once(manual_dir, tmp_path):
+  # Without the lock, TFDS's final rename fails in every preparer but the first to finish.
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    loads = [pool.submit(load_wikitext, "wikitext2", str(manual_dir), str(tmp_path)) for _ in range(3)]
+    results = [load.result() for load in loads]
+  for data in results:
+    assert data.vocab == results[0].vocab and data.splits["test"].size == 245_569
+    np.testing.assert_array_equal(data.splits["validation"], results[0].splits["validation"])
 
 
 def test_a_prepared_dataset_is_never_served_for_other_or_missing_files(manual_dir, tmp_path):

@@ -8,6 +8,7 @@ Each row is `python -m experiments.main --config=experiments/configs/stability/<
 import ml_collections
 
 from experiments.configs import default
+from experiments.configs.fields import update_known
 
 # The main job as it was before issue 25 adopted its levers: the reference's weight norm, caps of 16.
 BEFORE_LEVERS = dict(norm="weight", max_iter=16, backward_max_iter=16)
@@ -19,10 +20,7 @@ def lever_row(row: str, model: dict | None = None, **training) -> ml_collections
   config = default.get_config()
   config.model.update(BEFORE_LEVERS)
   config.study, config.row = "stability", row
-  unknown = sorted(set(training) - set(config.keys()))
-  if unknown:
-    raise ValueError(f"Unknown training field(s) {unknown} for stability row {row!r}.")
-  config.update(training)
+  update_known(config, training, config.keys())
   for name, value in (model or {}).items():
     config.model[name] = value  # DEQSettings fields the main job leaves at their defaults are added
   return config
