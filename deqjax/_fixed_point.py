@@ -86,11 +86,13 @@ class _Options:
 
 
 def _squeeze_info(info, batch_axis):
-  """Per-system fields: `[1]` -> scalar when there is no batch axis (kept states are z-shaped already)."""
+  """Per-system fields of a SolveInfo or BackwardStats: `[1]` -> scalar when there is no batch axis (a
+  SolveInfo's kept states are z-shaped already)."""
   if batch_axis is not None:
     return info
-  squeezed = jax.tree.map(lambda a: a[0], info._replace(states=()))
-  return squeezed._replace(states=info.states)
+  if isinstance(info, SolveInfo):
+    return jax.tree.map(lambda a: a[0], info._replace(states=()))._replace(states=info.states)
+  return jax.tree.map(lambda a: a[0], info)
 
 
 def _residual_fn(fn, options: _Options, params, x, consts):

@@ -111,7 +111,8 @@ def _first_missing(config, path: str):
 
 
 def main(argv):
-  # Imported here, not at the top: flag and config-file errors are reported without loading JAX.
+  # Imported here, not at the top: flag errors (an unknown flag, a missing config file) are reported without
+  # loading JAX. (Making a config imports it: every model field is filled in from the model's config class.)
   import jax
 
   from experiments import trainer

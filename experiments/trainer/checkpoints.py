@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict
 
 from deqjax.nn.deq_layer import DEQSettings
+from experiments.trainer.models import MODELS, all_model_fields
 from experiments.trainer.runtime import Runtime
 from experiments.trainer.schedules import dropout_base_key
 
@@ -175,9 +176,17 @@ def _free_path(path: str) -> str:
 def _differences(saved: dict, now: dict) -> list[tuple[str, object, object]]:
   """(dotted path, saved value, current value) of each config field that differs (tuples read as JSON lists)."""
   flat = lambda tree: {k: list(v) if isinstance(v, tuple) else v for k, v in flatten_dict(tree, sep=".").items()}
-  a, b = flat(saved), flat(now)
+  a, b = flat(_with_model_defaults(saved)), flat(_with_model_defaults(now))
   pairs = [(p, a.get(p, "(absent)"), b.get(p, "(absent)")) for p in sorted(set(a) | set(b))]
   return [(p, there, now) for p, there, now in pairs if there != now]
+
+
+def _with_model_defaults(config: dict) -> dict:
+  """A config dict whose model fields include the defaults it leaves out: a checkpoint written before
+  configs listed every model field reads as the same model."""
+  if config.get("model_name") not in MODELS or not isinstance(config.get("model"), dict):
+    return config
+  return {**config, "model": all_model_fields(config["model_name"], config["model"])}
 
 
 def _positive(value) -> bool:

@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 from flax import nnx
+from ml_collections import config_flags
 
 from deqjax.models import TransformerXLConfig, TransformerXLLM
 from experiments.analysis.paper import PAPER
@@ -63,6 +65,33 @@ def test_unknown_and_inconsistent_fields_are_errors():
   config.execution = "layers"
   with pytest.raises(ValueError, match="execution='layers' does not fit model_name='deq_transformer'"):
     architecture(config)
+
+
+def _parsed_config(*overrides):
+  argv = ["main", "--config=experiments/configs/default.py", *overrides]
+  flag_values = flags.FlagValues()  # absl's parsing as main.py has it, on argv rather than sys.argv
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def test_every_model_field_can_be_set_on_the_command_line():
+  # The default config leaves broyden_history (default None), correction_steps and tie_projs unset.
+  config = _parsed_config(
+    "--config.model.pretrain_depth=3",
+    "--config.model.broyden_history=8",
+    "--config.model.correction_steps=(1, 2)",
+    "--config.model.tie_projs=(True,)",
+  )
+  model = architecture(config)
+  settings = (model.pretrain_depth, model.broyden_history, model.correction_steps, model.tie_projs)
+  assert settings == (3, 8, (1, 2), (True,))
+  untouched = architecture(_parsed_config())
+  assert (
+    untouched.broyden_history is None and untouched.correction_steps == () and untouched.tie_projs == (False,)
+  )  # its default
+  with pytest.raises((AttributeError, KeyError), match="normm"):  # a field no model has is still an error
+    _parsed_config("--config.model.normm=weight")
 
 
 def test_transformer_xl_baseline_is_causal_and_keeps_per_layer_memory():

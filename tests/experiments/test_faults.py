@@ -210,6 +210,17 @@ def test_mismatches_follow_what_each_mode_may_change():
   assert [p for p, *_ in checkpoints.state_mismatches(saved, now, training=False)] == ["model.feed_fz"]
 
 
+def test_a_checkpoint_config_without_the_default_model_fields_reads_as_the_same_model():
+  # Configs list every model field now; a checkpoint written before lists only those its config set.
+  saved = {"model_name": "deq_transformer", "batch_size": 8, "dtype": "float32", "grad_clip_ratio": 0.0}
+  saved["model"] = {"n_token": 50, "d_model": 32, "n_head": 2, "d_inner": 64}
+  now = json.loads(json.dumps(saved))
+  now["model"].update(norm="weight", d_head=None, correction_steps=[], tie_projs=None)  # the defaults, as JSON
+  assert checkpoints.state_mismatches(saved, now, training=True) == []
+  now["model"]["norm"] = "spectral"  # not the default: another model
+  assert [p for p, *_ in checkpoints.state_mismatches(saved, now, training=True)] == ["model.norm"]
+
+
 def test_evaluation_of_a_missing_workdir_creates_nothing(tfds_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoints under --workdir=.*typo"):
     trainer.evaluate(tiny_config(tfds_dir), str(tmp_path / "typo"))
