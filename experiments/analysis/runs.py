@@ -42,3 +42,31 @@ def read_metrics(workdir: str, eval_key: str, test_key: str) -> dict | None:
     "evals": [r for r in records if eval_key in r],
     "test": next((r for r in reversed(records) if test_key in r), None),
   }
+
+
+def deq_convergence(records: list[dict]) -> dict:
+  """Step-weighted rates over the DEQ-phase training records, the mean seconds per DEQ step, the last residuals.
+
+  A DEQ step counts as converged when every sample's forward and backward solve converged (the
+  `converged` metric, 1 or 0 per step); each record averages the steps since the one before, so it
+  weighs by the steps it covers. Logs from before the metric existed give deq_steps 0.
+  """
+  weight = total = 0.0
+  sums = {"converged": 0.0, "f_converged": 0.0, "b_converged": 0.0, "s_per_step": 0.0}
+  previous = None
+  for record in records:
+    if record.get("phase") == "deq" and previous is not None and "converged" in record:
+      steps = record["step"] - previous
+      weight += steps
+      for key in sums:
+        sums[key] += steps * record[key]
+    previous = record["step"]
+  total = max(weight, 1.0)
+  deq = [r for r in records if r.get("phase") == "deq" and "f_residual" in r]
+  last = deq[-1] if deq else {}
+  return {
+    **{key: value / total for key, value in sums.items()},
+    "deq_steps": int(weight),
+    "f_residual": last.get("f_residual"),
+    "b_residual": last.get("b_residual"),
+  }

@@ -117,7 +117,7 @@ def plot(curves: dict, ppls: dict, caps: list[int], out: str) -> None:
   for row, values in ppls.items():
     ax.plot(caps, values, marker="o", label=NAMES[row])
   ax.set(xlabel="forward Broyden cap at evaluation", ylabel="test perplexity", yscale="log")
-  ax.set_title("Perplexity against the solver cap (trained with cap 16)", fontsize=10)
+  ax.set_title("Perplexity against the solver cap at evaluation (trained with cap 24)", fontsize=10)
   ax.legend(fontsize=8)
   fig.tight_layout()
   plots.save(fig, f"{out}/ppl_vs_cap.png")

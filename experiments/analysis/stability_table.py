@@ -17,7 +17,7 @@ import os
 
 from absl import app, flags
 
-from experiments.analysis.runs import load_config, read_metrics, workdir
+from experiments.analysis.runs import deq_convergence, load_config, read_metrics, workdir
 
 FLAGS = flags.FLAGS
 
@@ -45,29 +45,6 @@ def levers(row: str) -> str:
   return ", ".join(changed) or "none (the main job before its levers: weight norm, caps 16)"
 
 
-def summarize(records: list[dict]) -> dict:
-  """Step-weighted rates over the DEQ-phase training records, the mean seconds per DEQ step, the last residuals."""
-  weight = total = 0.0
-  sums = {"converged": 0.0, "f_converged": 0.0, "b_converged": 0.0, "s_per_step": 0.0}
-  previous = None
-  for record in records:
-    if record.get("phase") == "deq" and previous is not None and "converged" in record:
-      steps = record["step"] - previous
-      weight += steps
-      for key in sums:
-        sums[key] += steps * record[key]
-    previous = record["step"]
-  total = max(weight, 1.0)
-  deq = [r for r in records if r.get("phase") == "deq" and "f_residual" in r]
-  last = deq[-1] if deq else {}
-  return {
-    **{key: value / total for key, value in sums.items()},
-    "deq_steps": int(weight),
-    "f_residual": last.get("f_residual"),
-    "b_residual": last.get("b_residual"),
-  }
-
-
 def table(root: str) -> str:
   """The Markdown table of every row (those without a run listed as not run)."""
   lines = [
@@ -81,7 +58,7 @@ def table(root: str) -> str:
     if run is None or run["test"] is None or not run["train"]:
       lines.append(f"| {row} | {levers(row)} | not run | | | | |")
       continue
-    s = summarize(run["train"])
+    s = deq_convergence(run["train"])
     base_step = s["s_per_step"] if row == "baseline" else base_step
     ratio = f" ({s['s_per_step'] / base_step:.2f}x)" if base_step else ""
     lines.append(

@@ -5,10 +5,12 @@ r"""The equal-parameter, equal-time WikiText-2 comparison: one table beside the 
 Reads `<root>/wikitext2/<row>/metrics.jsonl`, the runs of
 `python -m experiments.main --config=experiments/configs/wikitext2/<row>.py --workdir=<root>/wikitext2/<row>`
 (rows: deq_transformer, transformer_xl_tied, transformer_xl_untied, deq_trellisnet, trellisnet), and prints
-  * per row: parameters (all / non-embedding), test perplexity, training steps and seconds, the
-    median time per step of the row's main phase and its tokens/s, and the training-step memory of
-    the body (XLA's compiled memory analysis, embeddings excluded as in the paper) at the rows'
-    training shape and at the paper's batch 15 x length 150, beside the paper's perplexity and GB;
+  * per row: parameters (all / non-embedding), test perplexity, for the DEQs the share of DEQ steps
+    whose solves all converged forward and backward and the last logged residuals
+    (`runs.deq_convergence`), training steps and seconds, the median time per step of the row's main
+    phase and its tokens/s, and the training-step memory of the body (XLA's compiled memory analysis,
+    embeddings excluded as in the paper) at the rows' training shape and at the paper's batch
+    15 x length 150, beside the paper's perplexity and GB;
   * the DEQ against each baseline: perplexity, memory saving, time per step (paper: 2.82x slower).
 The PNG shows validation perplexity against training time for every row, and the DEQ rows'
 forward / backward solver steps and forward residual over training (the paper's Figure 2 analogue).
@@ -25,7 +27,7 @@ from experiments import trainer
 from experiments.analysis import plots
 from experiments.analysis.memory_table import step_memory
 from experiments.analysis.paper import paper_row
-from experiments.analysis.runs import load_config, read_metrics, workdir
+from experiments.analysis.runs import deq_convergence, load_config, read_metrics, workdir
 from experiments.trainer.models import abstract_model, count_parameters
 
 FLAGS = flags.FLAGS
@@ -61,7 +63,8 @@ def read_run(workdir: str) -> dict | None:
 
 
 def summarize(config, run: dict) -> dict:
-  """Test perplexity, steps, training seconds, median s/step of the main phase and its tokens/s."""
+  """Test perplexity, steps, training seconds, median s/step of the main phase and its tokens/s; for a DEQ,
+  the share of its DEQ steps whose solves all converged and the last logged residuals (`deq_convergence`)."""
   last = run["test"] or (run["evals"][-1] if run["evals"] else run["train"][-1])
   main = [r["s_per_step"] for r in run["train"] if r["phase"] == trainer.final_phase(config)]
   s_per_step = statistics.median(main) if main else float("nan")
@@ -72,6 +75,7 @@ def summarize(config, run: dict) -> dict:
     "seconds": last.get("train_seconds", 0.0),
     "s_per_step": s_per_step,
     "tokens_per_s": config.batch_size * config.tgt_len / s_per_step,
+    "convergence": deq_convergence(run["train"]) if config.execution == "deq" else None,
   }
 
 
@@ -107,10 +111,10 @@ def print_table(table: dict) -> None:
   batch, length = next(iter(table.values()))["config"].batch_size, next(iter(table.values()))["config"].tgt_len
   print(f"WikiText-2 (train: validation file; test: test file), {batch} x {length} tokens per step.\n")
   print(
-    f"| model | params (non-emb.) | test ppl | steps | train s | s/step | tokens/s |"
-    f" memory GB {batch}x{length} | memory GB 15x150 | paper's row (WT103) | paper ppl | paper GB |"
+    f"| model | params (non-emb.) | test ppl | DEQ steps converged | last residuals fwd / bwd | steps | train s |"
+    f" s/step | tokens/s | memory GB {batch}x{length} | memory GB 15x150 | paper's row (WT103) | paper ppl | paper GB |"
   )
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for row, e in table.items():
     paper = paper_row("wikitext2", row)
     memory = e.get("memory")
@@ -118,10 +122,22 @@ def print_table(table: dict) -> None:
     head = f"| {NAMES[row]} | {e['params']:,} ({e['non_embedding']:,}) |"
     tail = f" {mem} | {paper.label} | {paper.ppl} | {paper.memory_gb} |"
     if "steps" not in e:
-      print(f"{head} not run | | | | |{tail}")
+      print(f"{head} not run | | | | | | |{tail}")
       continue
     ppl = f"{e['test_ppl']:.1f}" if e["test_ppl"] else f"(valid {e['valid_ppl']:.1f}, running)"
-    print(f"{head} {ppl} | {e['steps']} | {e['seconds']:.0f} | {e['s_per_step']:.3f} | {e['tokens_per_s']:.0f} |{tail}")
+    print(
+      f"{head} {ppl} | {_convergence(e['convergence'])} | {e['steps']} | {e['seconds']:.0f} | {e['s_per_step']:.3f} |"
+      f" {e['tokens_per_s']:.0f} |{tail}"
+    )
+
+
+def _convergence(c: dict | None) -> str:
+  """The two convergence cells of a row: '-' for a model that solves nothing, 'not logged' for old logs."""
+  if c is None:
+    return "- | -"
+  if not c["deq_steps"]:
+    return "not logged | not logged"
+  return f"{c['converged']:.1%} of {c['deq_steps']} | {c['f_residual']:.1e} / {c['b_residual']:.1e}"
 
 
 def print_comparisons(table: dict) -> None:
@@ -160,7 +176,7 @@ def plot(runs: dict, path: str) -> None:
     ax_steps.plot(steps, [r["b_steps"] for r in deq], linestyle="--", color=line.get_color(), label="  backward")
     ax_res.plot(steps, [r["f_residual"] for r in deq], color=line.get_color(), label=f"{NAMES[row]} forward")
     ax_res.plot(steps, [r["b_residual"] for r in deq], linestyle="--", color=line.get_color(), label="  backward")
-  ax_steps.set(xlabel="training step", ylabel="solver steps (cap 16)", title="Solver steps over training")
+  ax_steps.set(xlabel="training step", ylabel="solver steps (cap 24)", title="Solver steps over training")
   ax_res.set(xlabel="training step", ylabel="relative residual", yscale="log", title="Final residual over training")
   for ax in (ax_steps, ax_res):
     ax.title.set_fontsize(10)

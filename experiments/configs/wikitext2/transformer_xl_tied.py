@@ -9,4 +9,4 @@ from experiments.configs.wikitext2.common import DEPTH, TRANSFORMER_CELL, base
 
 def get_config():
   model = {**TRANSFORMER_CELL, "pretrain_depth": DEPTH}
-  return base("transformer_xl_tied", "deq_transformer", "unrolled", model, num_train_steps=4300)
+  return base("transformer_xl_tied", "deq_transformer", "unrolled", model, num_train_steps=2400)

@@ -11,4 +11,4 @@ from experiments.configs.wikitext2.common import N_TOKEN, base
 
 def get_config():
   model = dict(n_token=N_TOKEN, d_embed=64, d_model=30, n_head=2, d_inner=192, dropout=0.1, mem_len=32, n_layer=4)
-  return base("transformer_xl_untied", "transformer_xl", "layers", model, num_train_steps=7700)
+  return base("transformer_xl_untied", "transformer_xl", "layers", model, num_train_steps=4000)

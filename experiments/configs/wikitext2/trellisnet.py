@@ -9,4 +9,4 @@ from experiments.configs.wikitext2.common import DEPTH, TRELLIS_CELL, base
 
 def get_config():
   model = {**TRELLIS_CELL, "pretrain_depth": DEPTH}
-  return base("trellisnet", "deq_trellisnet", "unrolled", model, num_train_steps=5000)
+  return base("trellisnet", "deq_trellisnet", "unrolled", model, num_train_steps=3000)
