@@ -9,7 +9,8 @@ with `tokens`, `targets` `[b, q]`. A `dropout_key` makes it a training call. `un
 DEQ model's cell `pretrain_depth` times instead of solving for its equilibrium; `jac_key` asks a
 DEQ model for the Jacobian penalty; `solver_overrides` are `deqjax.fixed_point` options for this
 call. Models without an equilibrium (untied stacks, TCNs, RNNs) take the same arguments and refuse
-the DEQ-only ones (`unrolled=True`, a `jac_key`, solver overrides) with a TypeError.
+the DEQ-only ones (`unrolled=True`, a `jac_key`, solver overrides) with a TypeError; a DEQ
+model's unrolled call likewise refuses solver overrides (it solves nothing; `settle_iters` is its own).
 
 The language models also share `body(x, memory, *, dropout_key=None, unrolled=False, jac_key=None,
 **solver_overrides) -> (features, new_memory, info, extras)` (`deqjax.nn.deq_layer.CellExtras`: the

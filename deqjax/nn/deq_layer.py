@@ -203,7 +203,8 @@ def cell_output(
   `unrolled`: apply the cell `settings.pretrain_depth` times instead of solving; `settle_iters` is
   `solve_cell`'s (unrolled only); `radius_key` asks for the spectral radius at z* (solves only;
   the models pass it on with the solver overrides); `solver_overrides` override
-  `settings.solver_options`.
+  `settings.solver_options`. An unrolled call given solver overrides or a `radius_key` is a
+  TypeError naming them (they would have no effect).
 
   Returns:
     (z, output, info, extras): z from `solve_cell`; output = f(z) when training the equilibrium with
@@ -211,6 +212,12 @@ def cell_output(
     per-sample `jacobian_penalty` when `jac_key` is given; the fixed-point correction's outputs when
     training a solve with `settings.correction_steps`). Every state leaf has the batch on axis 0.
   """
+  if unrolled and (solver_overrides or radius_key is not None):
+    asked = sorted(solver_overrides) + ([] if radius_key is None else ["radius_key"])
+    raise TypeError(
+      f"An unrolled call applies the cell pretrain_depth={settings.pretrain_depth} times and solves nothing;"
+      f" it takes none of {asked} (options of a solve). settle_iters is its own."
+    )
   correcting = training and not unrolled and bool(settings.correction_steps)
   if unrolled:
     z, info = solve_cell(step, weights, inputs, z0, unroll_depth=settings.pretrain_depth, settle_iters=settle_iters)

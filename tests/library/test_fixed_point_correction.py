@@ -78,3 +78,16 @@ def test_bad_correction_steps():
   for steps in [(0,), (3, 2), (31,), (1.5,)]:  # max_iter 30
     with pytest.raises(ValueError, match="correction_steps"):
       DEQTransformerConfig(**MODELS["transformer"][2], correction_steps=steps)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_unrolled_calls_refuse_solver_options(name):
+  # The unrolled cell solves nothing: a solver option there would be silently ignored.
+  model = _model(name, pretrain_depth=2)
+  tokens = jax.random.randint(jax.random.key(5), (2, 6), 0, 40)
+  with pytest.raises(TypeError, match=r"pretrain_depth=2 .* \['max_iter', 'rtol'\]"):
+    model(tokens, tokens, unrolled=True, max_iter=5, rtol=1e-6)
+  with pytest.raises(TypeError, match="radius_key"):
+    model(tokens, tokens, unrolled=True, radius_key=jax.random.key(0))
+  settled = model(tokens, tokens, unrolled=True, settle_iters=1)  # its own option is accepted
+  assert settled.info is None and settled.nll.shape == (2, 6)
