@@ -184,7 +184,7 @@ def test_sigterm_saves_and_exits_cleanly(tfds_dir, tmp_path):
     (
       ["--config.model.n_layerz=3"],
       "FATAL Flags parsing error: --config.model.n_layerz: the config has no field 'model.n_layerz'; the fields"
-      " there are ['backward_max_iter', 'backward_rtol', 'd_inner'",
+      " there are ['backward', 'backward_failure', 'backward_max_iter'",
     ),
     (
       ["--config.learning_rat=1"],
