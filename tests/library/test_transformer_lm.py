@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from lm_checks import F64, TIGHT, assert_causal, count, unit_scale_embeddings
+from lm_checks import F64, TIGHT, assert_causal, count, solve_options, unit_scale_embeddings
 
 from deqjax.models import DEQTransformerConfig, DEQTransformerLM
 from deqjax.nn import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, rel_shift, relative_attention
@@ -129,7 +129,7 @@ def test_deq_equals_the_weight_tied_unrolled_limit():
   tokens = jax.random.randint(jax.random.key(4), (2, 6), 0, 40)
 
   def loss(model, unrolled):
-    return jnp.mean(model(tokens, tokens, unrolled=unrolled, dtype=F64, **TIGHT).nll)
+    return jnp.mean(model(tokens, tokens, unrolled=unrolled, dtype=F64, **solve_options(unrolled)).nll)
 
   np.testing.assert_allclose(loss(model, False), loss(model, True), rtol=1e-11)
   g_deq = jax.tree.leaves(nnx.jit(nnx.grad(lambda m: loss(m, False)))(model))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from lm_checks import F64, TIGHT, assert_causal, count, jitted, unit_scale_embeddings
+from lm_checks import F64, TIGHT, assert_causal, count, jitted, solve_options, unit_scale_embeddings
 
 from deqjax.models import DEQTrellisNetConfig, DEQTrellisNetLM
 
@@ -31,7 +31,7 @@ def test_causality_and_history(unrolled):
   for mem in (None, memory):
     assert_causal(model, tokens, mem, unrolled, position=4, min_change=1e-4)
   # The history (last input, h and c of the previous segment) reaches the first position.
-  forward = jitted(unrolled=unrolled, dtype=F64, **TIGHT)
+  forward = jitted(unrolled=unrolled, dtype=F64, **solve_options(unrolled))
   fresh = forward(model, tokens, tokens, None).nll
   carried = forward(model, tokens, tokens, memory).nll
   assert float(jnp.max(jnp.abs(fresh[:, 0] - carried[:, 0]))) > 1e-4
@@ -40,7 +40,7 @@ def test_causality_and_history(unrolled):
 def test_deq_equals_the_weight_tied_unrolled_limit():
   model = _model(pretrain_depth=300)
   tokens = jax.random.randint(jax.random.key(2), (2, 7), 0, 40)
-  loss = lambda m, unrolled: jnp.mean(m(tokens, tokens, unrolled=unrolled, dtype=F64, **TIGHT).nll)
+  loss = lambda m, unrolled: jnp.mean(m(tokens, tokens, unrolled=unrolled, dtype=F64, **solve_options(unrolled)).nll)
   np.testing.assert_allclose(loss(model, False), loss(model, True), rtol=1e-11)
   flat = lambda g: jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)])
   g_deq = flat(nnx.jit(nnx.grad(lambda m: loss(m, False)))(model))
