@@ -202,13 +202,11 @@ def reject_forward_mode(*trees) -> None:
       tracer = getattr(tracer, "primal", getattr(tracer, "val", None))
 
 
-def check_trajectory_steps(steps, max_iter: int) -> tuple[int, ...]:
-  """`trajectory_steps` as a tuple of increasing ints in 1..max_iter; TypeError / ValueError naming it."""
+def check_trajectory_steps(steps, max_iter: int, name: str = "trajectory_steps") -> tuple[int, ...]:
+  """`steps` as a tuple of increasing ints in 1..max_iter; TypeError / ValueError naming it as `name`."""
   if not isinstance(steps, (tuple, list)) or any(isinstance(s, bool) or not isinstance(s, int) for s in steps):
-    raise TypeError(f"trajectory_steps must be a tuple of Python ints; got trajectory_steps={steps!r}.")
+    raise TypeError(f"{name} must be a tuple of Python ints; got {name}={steps!r}.")
   steps = tuple(steps)
   if any(not 1 <= s <= max_iter for s in steps) or any(a >= b for a, b in zip(steps[:-1], steps[1:], strict=True)):
-    raise ValueError(
-      f"trajectory_steps must increase and lie in 1..max_iter={max_iter}; got trajectory_steps={steps!r}."
-    )
+    raise ValueError(f"{name} must increase and lie in 1..max_iter={max_iter}; got {name}={steps!r}.")
   return steps

@@ -140,10 +140,10 @@ class DEQSettings:
     if not isinstance(self.feed_fz, bool):
       raise ValueError(f"feed_fz must be a bool; got feed_fz={self.feed_fz!r}.")
     check_backward_options(self.backward, self.phantom_steps, self.phantom_damping, self.backward_failure)
-    try:  # a config error is a ValueError naming the field, whatever the core's check raised
-      steps = check_trajectory_steps(self.correction_steps, self.max_iter)
-    except (TypeError, ValueError) as error:
-      raise ValueError(str(error).replace("trajectory_steps", "correction_steps")) from None
+    try:  # a config error is a ValueError, whatever kind the core's check raised
+      steps = check_trajectory_steps(self.correction_steps, self.max_iter, name="correction_steps")
+    except TypeError as error:
+      raise ValueError(str(error)) from None
     object.__setattr__(self, "correction_steps", steps)
 
   def solver_options(self, **overrides) -> dict:

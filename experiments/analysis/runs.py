@@ -51,7 +51,7 @@ def deq_convergence(records: list[dict]) -> dict:
   `converged` metric, 1 or 0 per step); each record averages the steps since the one before, so it
   weighs by the steps it covers. Logs from before the metric existed give deq_steps 0.
   """
-  weight = total = 0.0
+  weight = 0.0
   sums = {"converged": 0.0, "f_converged": 0.0, "b_converged": 0.0, "s_per_step": 0.0}
   previous = None
   for record in records:

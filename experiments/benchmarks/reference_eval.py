@@ -27,7 +27,8 @@ from ml_collections import config_flags
 
 from deqjax.models import from_reference, reference_hparams
 from deqjax.models.reference_files import checked_hparams, read_checkpoint
-from experiments.trainer.models import architecture, build_model
+from experiments.model_configs import architecture
+from experiments.trainer.models import build_model
 
 FLAGS = flags.FLAGS
 

@@ -165,7 +165,7 @@ def add_copy_memory_training(config: ml_collections.ConfigDict, **values) -> ml_
 
 
 def _add_fields(config, fields: dict, values: dict) -> ml_collections.ConfigDict:
-  from experiments.trainer.models import complete_model_config  # imports JAX: only when a config is made
+  from experiments.model_configs import complete_model_config  # imports JAX: only when a config is made
 
   config.update(fields)
   complete_model_config(config)

@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict
 
 from deqjax.nn.deq_layer import DEQSettings
-from experiments.trainer.models import MODELS, all_model_fields
+from experiments.model_configs import MODELS, all_model_fields
 from experiments.trainer.runtime import Runtime
 from experiments.trainer.schedules import dropout_base_key
 

@@ -8,8 +8,8 @@ import re
 import ml_collections
 
 from experiments.configs.fields import rules
+from experiments.model_configs import EXECUTIONS, LAYER_MODELS, MODELS, architecture
 from experiments.tasks import TASKS
-from experiments.trainer.models import EXECUTIONS, LAYER_MODELS, MODELS, architecture
 
 OPTIONAL = ("study", "row")  # labels for tables and workdirs; configs made in code may leave them out
 MAX_LINES = 12  # an error stays on one screen

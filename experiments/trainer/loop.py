@@ -15,9 +15,9 @@ import jax
 import ml_collections
 from flax import nnx
 
+from experiments.model_configs import architecture
 from experiments.trainer.checkpoints import Progress, checkpoint_manager, restore_newest_valid, save_checkpoint
 from experiments.trainer.metrics import MetricsWriter, StepMetrics
-from experiments.trainer.models import architecture
 from experiments.trainer.runtime import Runtime, setup, to_global
 from experiments.trainer.schedules import phase_at, train_max_iter, uses_jac_reg
 from experiments.trainer.steps import evaluate_task, init_memory, train_step

@@ -16,7 +16,8 @@ from ml_collections import config_flags
 from deqjax.models import TransformerXLConfig, TransformerXLLM
 from experiments.analysis.paper import PAPER
 from experiments.analysis.runs import load_config
-from experiments.trainer.models import abstract_model, architecture, count_parameters
+from experiments.model_configs import architecture
+from experiments.trainer.models import abstract_model, count_parameters
 
 CONFIGS = sorted(  # the WikiText-103 rows
   p.stem for p in pathlib.Path("experiments/configs/wikitext103").glob("*.py") if p.stem not in ("__init__", "common")
