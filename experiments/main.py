@@ -127,6 +127,7 @@ def main(argv):
       coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
     )
   logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
+  logging.info("Platform (what the numbers depend on besides the config): %s", trainer.platform())
   try:
     name = task_class(FLAGS.config).result_name
     if FLAGS.mode == "train":

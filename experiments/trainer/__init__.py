@@ -4,17 +4,18 @@ config_check every field of a config checked before anything runs
 runtime      the checked config, the task, the model split into graph and state, the mesh
 schedules    optimizer, training phase and Jacobian-penalty weight per step
 steps        the compiled training update and evaluation batch, the evaluation loop
-checkpoints  orbax checkpoints with the loop's counters
+checkpoints  orbax checkpoints with the loop's counters and the platform they were made on
 workdir      one run per workdir (an exclusive lock)
 loop         train_and_evaluate (resuming), evaluate (a trained workdir)
 metrics      progress line, metrics.jsonl, TensorBoard
-models       config -> model (the one place that maps names to classes)
+models       config -> model instance (names -> classes: experiments.model_configs)
 clipping     gradient clipping relative to the running norm
 """
 
 from experiments.trainer.checkpoints import (
   Progress,
   checkpoint_manager,
+  platform,
   restore_checkpoint,
   restore_newest_valid,
   save_checkpoint,
@@ -53,6 +54,7 @@ __all__ = [
   "make_optimizer",
   "model_forward",
   "phase_at",
+  "platform",
   "restore_checkpoint",
   "restore_newest_valid",
   "restore_trained",

@@ -15,6 +15,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from paths import REPO
 from tiny_training import copy_workdir, tiny_config
@@ -164,6 +165,29 @@ def test_training_resumes_past_a_corrupt_checkpoint_to_the_undisturbed_result(tr
   assert sorted(os.listdir(workdir / "checkpoints")) == ["25", "50"] and os.listdir(workdir / "invalid_checkpoints")
   steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
   assert steps == sorted(steps) and steps.count(50) == 2  # the redone steps' records replace the first ones
+
+
+def test_resuming_on_another_platform_says_so_and_continues(trained, tmp_path, capsys, monkeypatch):
+  # XLA rounds differently with another core count, backend or version: a resume there is not bitwise.
+  config, workdir, _, _ = trained
+  workdir = copy_workdir(workdir, tmp_path)
+  here = checkpoints.platform()
+  assert here["cpu_cores"] >= 1 and here["backend"] == "cpu"
+  rt, params = trainer.setup(config)
+  opt_state = jax.jit(rt.optimizer.init)(params)
+  memory = trainer.init_memory(rt, params, config.batch_size)
+  manager = trainer.checkpoint_manager(str(workdir), config.keep_checkpoints)
+  saved = manager.restore(50, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  assert saved["platform"] == here  # recorded with the checkpoint
+  checkpoints.restore_newest_valid(manager, rt, params, opt_state, memory)
+  assert "another platform" not in capsys.readouterr().out
+  monkeypatch.setattr(checkpoints, "platform", lambda: {**here, "cpu_cores": here["cpu_cores"] + 1})
+  progress, *_ = checkpoints.restore_newest_valid(manager, rt, params, opt_state, memory)
+  out = capsys.readouterr().out
+  assert progress.step == 50
+  assert f"Resuming on another platform (cpu_cores {here['cpu_cores']} -> {here['cpu_cores'] + 1})" in out
+  checkpoints.restore_newest_valid(manager, rt, params, opt_state, memory, training=False)  # evaluation: silent
+  assert "another platform" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
