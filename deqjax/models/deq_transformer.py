@@ -21,7 +21,7 @@ from deqjax.models.output import ModelOutput
 from deqjax.models.sequence import classifier_output
 from deqjax.nn.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax, check_cutoffs, check_tie_projs
 from deqjax.nn.attention import sinusoid_positions
-from deqjax.nn.deq_layer import DEQSettings, cell_output, check_int, join_sub_sequences, sub_sequences
+from deqjax.nn.deq_layer import DEQSettings, cell_output, check_bool, check_int, join_sub_sequences, sub_sequences
 from deqjax.nn.dropout import apply_mask, position_mask, variational_mask
 from deqjax.nn.transformer_cell import DEQTransformerCell, cell_masks, slide_memory
 from deqjax.nn.weight_norm import check_norm
@@ -51,6 +51,10 @@ class DEQTransformerConfig(DEQSettings):
     norm: the cell's linear maps' normalisation: "weight" (the reference's weight norm) or
       "spectral" (each kernel divided by its largest singular value: a stability lever, not the
       reference).
+    remat_attention: recompute each attention head's forward in every VJP (`relative_attention`'s
+      `remat`): the linearisation at z* stores no `[b, q, k]` tensor. False stores each head's
+      probabilities once per linearisation and makes every VJP of the backward solve cheaper
+      (memory for time; the same numbers).
   """
 
   n_token: int
@@ -68,10 +72,12 @@ class DEQTransformerConfig(DEQSettings):
   tie_weights: bool = True
   tie_projs: tuple[bool, ...] | None = None
   norm: str = "weight"
+  remat_attention: bool = True
 
   def __post_init__(self):
     super().__post_init__()
     check_norm(self.norm)
+    check_bool("remat_attention", self.remat_attention)
     for name in ("d_model", "n_head", "d_inner", "div_val"):
       check_int(name, getattr(self, name), low=1)
     for name in ("n_token", "mem_len"):  # n_token 0: set from the data by the experiments
@@ -156,7 +162,7 @@ def cell_of(c: DEQTransformerConfig, rngs: nnx.Rngs) -> DEQTransformerCell:
   """The cell a `DEQTransformerConfig` (or a config extending it) describes."""
   return DEQTransformerCell(
     c.d_model, c.n_head, c.d_head, c.d_inner, pre_lnorm=c.pre_lnorm, window=c.attention_window, norm=c.norm,
-    rngs=rngs,
+    remat_attention=c.remat_attention, rngs=rngs,
   )  # fmt: skip
 
 
@@ -252,7 +258,7 @@ class DEQTransformerClassifierConfig(DEQSettings):
 
   Attributes:
     n_token: input symbols; n_classes: output classes (0: n_token).
-    d_model, n_head, d_head, d_inner, dropout, norm: as `DEQTransformerConfig`.
+    d_model, n_head, d_head, d_inner, dropout, norm, remat_attention: as `DEQTransformerConfig`.
   """
 
   n_token: int
@@ -263,12 +269,13 @@ class DEQTransformerClassifierConfig(DEQSettings):
   d_head: int | None = None
   dropout: float = 0.0
   norm: str = "weight"
+  remat_attention: bool = True
 
   def __post_init__(self):
     super().__post_init__()
     as_lm = DEQTransformerConfig(
       n_token=self.n_token, d_model=self.d_model, n_head=self.n_head, d_inner=self.d_inner, d_head=self.d_head,
-      dropout=self.dropout, norm=self.norm,
+      dropout=self.dropout, norm=self.norm, remat_attention=self.remat_attention,
     )  # fmt: skip
     object.__setattr__(self, "d_head", as_lm.d_head)
     if self.n_classes == 0:
@@ -295,7 +302,9 @@ class DEQTransformerClassifier(nnx.Module):
     self.config = c
     self.embedding = nnx.Embed(c.n_token, c.d_model, rngs=rngs)
     self.injection = nnx.Linear(c.d_model, 3 * c.n_head * c.d_head, rngs=rngs)
-    self.cell = DEQTransformerCell(c.d_model, c.n_head, c.d_head, c.d_inner, norm=c.norm, rngs=rngs)
+    self.cell = DEQTransformerCell(
+      c.d_model, c.n_head, c.d_head, c.d_inner, norm=c.norm, remat_attention=c.remat_attention, rngs=rngs
+    )
     self.head = nnx.Linear(c.d_model, c.n_classes, rngs=rngs)
 
   def init_memory(self, batch: int, dtype=jnp.float32, length: int = 0) -> tuple:

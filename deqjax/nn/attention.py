@@ -61,13 +61,20 @@ def _one_head(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int, window: int | None):
   return jnp.einsum("bqk,bkd->bqd", probs, v)
 
 
-def relative_attention(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int, window: int | None = None) -> jax.Array:
+def relative_attention(
+  q, k, v, r_k, r_w_bias, r_r_bias, mlen: int, window: int | None = None, remat: bool = True
+) -> jax.Array:
   """Transformer-XL attention with learnable content/position biases.
 
-  Heads are computed one at a time (`lax.map`) and rematerialised under
-  differentiation: no `[b, h, q, k]` tensor is ever stored or materialised,
-  only `[b, q, k]` for the head at hand. The DEQ's backward solve evaluates
-  this layer's VJP dozens of times, so its transients set the step's peak.
+  Heads are computed one at a time (`lax.map`): no `[b, h, q, k]` tensor is
+  ever materialised, only `[b, q, k]` for the head at hand. With `remat` (the
+  default) each head is also rematerialised under differentiation: a
+  linearisation stores only its inputs, and every VJP re-runs the head's
+  forward. The DEQ's backward solve evaluates this layer's VJP dozens of
+  times, so its transients set the step's peak. Without `remat` a
+  linearisation stores each head's `[b, q, k]` probabilities (h of them) and
+  each VJP skips that forward, which is the larger part of the step's time
+  where the sequence is long and the width small (e.g. the copy-memory task).
 
   Args:
     q: `[b, q, h, d]` queries of the current segment.
@@ -76,11 +83,13 @@ def relative_attention(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int, window: int 
     r_w_bias, r_r_bias: `[h, d]` content and position biases.
     mlen: memory length m (static).
     window: keys at distance >= window are masked (static; None: no limit).
+    remat: rematerialise each head under differentiation (static).
 
   Returns:
     `[b, q, h, d]` attention output (softmax in at least float32).
   """
-  head = jax.checkpoint(lambda args: _one_head(*args, mlen, window))
+  head = lambda args: _one_head(*args, mlen, window)
+  head = jax.checkpoint(head) if remat else head
   heads_first = lambda a, axis: jnp.moveaxis(a, axis, 0)
   per_head = (heads_first(q, 2), heads_first(k, 2), heads_first(v, 2), heads_first(r_k, 1), r_w_bias, r_r_bias)
   out = jax.lax.map(head, per_head)  # [h, b, q, d]

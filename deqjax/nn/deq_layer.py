@@ -75,6 +75,12 @@ def check_int(name: str, value, low: int) -> None:
     raise ValueError(f"{name} must be an int >= {low}; got {name}={value!r}.")
 
 
+def check_bool(name: str, value) -> None:
+  """ValueError naming `name` unless `value` is a bool."""
+  if not isinstance(value, bool):
+    raise ValueError(f"{name} must be a bool; got {name}={value!r}.")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DEQSettings:
   """The solver settings of the DEQ models (a base of their config dataclasses).
@@ -137,8 +143,7 @@ class DEQSettings:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0; got {name}={value!r}.")
-    if not isinstance(self.feed_fz, bool):
-      raise ValueError(f"feed_fz must be a bool; got feed_fz={self.feed_fz!r}.")
+    check_bool("feed_fz", self.feed_fz)
     check_backward_options(self.backward, self.phantom_steps, self.phantom_damping, self.backward_failure)
     try:  # a config error is a ValueError, whatever kind the core's check raised
       steps = check_trajectory_steps(self.correction_steps, self.max_iter, name="correction_steps")

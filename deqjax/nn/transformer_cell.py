@@ -54,6 +54,7 @@ class DEQTransformerCell(nnx.Module):
     pre_lnorm: bool = False,
     window: int | None = None,
     norm: str = "weight",
+    remat_attention: bool = True,
     rngs: nnx.Rngs,
   ):
     width = n_head * d_head
@@ -65,12 +66,14 @@ class DEQTransformerCell(nnx.Module):
     self.ff1 = WeightNormDense(d_model, d_inner, use_bias=True, norm=norm, rngs=rngs)
     self.ff2 = WeightNormDense(d_inner, d_model, use_bias=True, norm=norm, rngs=rngs)
     self.n_head, self.d_head = n_head, d_head
-    self.pre_lnorm, self.window = pre_lnorm, window
+    self.pre_lnorm, self.window, self.remat_attention = pre_lnorm, window, remat_attention
 
   @property
   def f(self):
     """The pure f(weights, z, inputs) of this cell's variant (`step` with its static options bound)."""
-    return functools.partial(DEQTransformerCell.step, pre_lnorm=self.pre_lnorm, window=self.window)
+    return functools.partial(
+      DEQTransformerCell.step, pre_lnorm=self.pre_lnorm, window=self.window, remat_attention=self.remat_attention
+    )
 
   def prepare(
     self,
@@ -119,8 +122,16 @@ class DEQTransformerCell(nnx.Module):
     return weights, inputs
 
   @staticmethod
-  def step(weights: dict, z: jax.Array, inputs: dict, *, pre_lnorm: bool = False, window: int | None = None):
-    """f(z): `[b, q, d_model]` -> `[b, q, d_model]` (`pre_lnorm`, `window` as the cell's)."""
+  def step(
+    weights: dict,
+    z: jax.Array,
+    inputs: dict,
+    *,
+    pre_lnorm: bool = False,
+    window: int | None = None,
+    remat_attention: bool = True,
+  ):
+    """f(z): `[b, q, d_model]` -> `[b, q, d_model]` (`pre_lnorm`, `window`, `remat_attention` as the cell's)."""
     b, q, _ = z.shape
     h, d = weights["r_w_bias"].shape
     qkv = dense(weights["qkv"], layer_norm(z) if pre_lnorm else z)
@@ -131,8 +142,9 @@ class DEQTransformerCell(nnx.Module):
     value = jnp.concatenate([inputs["v_mem"].astype(z.dtype), qkv[..., 2 * h * d :].reshape(b, q, h, d)], axis=1)
     mlen = inputs["k_mem"].shape[1]
     attn = relative_attention(
-      query, key, value, inputs["r_k"].astype(z.dtype), weights["r_w_bias"], weights["r_r_bias"], mlen, window
-    )
+      query, key, value, inputs["r_k"].astype(z.dtype), weights["r_w_bias"], weights["r_r_bias"], mlen, window,
+      remat=remat_attention,
+    )  # fmt: skip
     z1 = layer_norm(z + apply_mask(dense(weights["o"], attn.reshape(b, q, h * d)), inputs["attn_mask"]))
     hidden = apply_mask(jax.nn.relu(dense(weights["ff1"], z1)), inputs["ff_mask"])
     out = z1 + apply_mask(dense(weights["ff2"], hidden), inputs["ff_out_mask"])

@@ -13,15 +13,12 @@ listed as not run. Runs of the same config with another seed, in `<root>/copy_me
 
 from __future__ import annotations
 
-import os
-import re
-
 from absl import app, flags
 
 from deqjax.data.copy_memory import memoryless_loss
 from experiments.analysis import plots
 from experiments.analysis.paper import PAPER
-from experiments.analysis.runs import load_config, read_metrics, workdir
+from experiments.analysis.runs import load_config, read_metrics, seed_workdirs, workdir
 from experiments.trainer.models import abstract_model, count_parameters
 
 FLAGS = flags.FLAGS
@@ -36,19 +33,6 @@ def define_flags() -> None:
 
 ROWS = ("deq_transformer", "tcn", "lstm", "gru")
 NAMES = {row: PAPER["copy_memory"][row].label for row in ROWS}
-
-
-def seed_workdirs(root: str, row: str) -> list[tuple[int, str]]:
-  """(seed, workdir) of the runs of `row` with another seed: `<root>/copy_memory/<row>_seed<N>`, by seed."""
-  pattern = re.compile(re.escape(row) + r"_seed(\d+)")
-  folder = os.path.join(root, "copy_memory")
-  names = os.listdir(folder) if os.path.isdir(folder) else []
-  found = [
-    (int(m.group(1)), workdir(root, "copy_memory", row, int(m.group(1))))
-    for name in names
-    if (m := pattern.fullmatch(name))
-  ]
-  return sorted(found)
 
 
 def run_label(row: str, seed: int | None) -> str:
@@ -99,7 +83,7 @@ def main(argv):
     params, _ = count_parameters(abstract_model(config))
     paper_row = PAPER["copy_memory"][row]
     paper = f"{paper_row.loss:.3g}"
-    for seed, path in [(None, workdir(FLAGS.root, "copy_memory", row)), *seed_workdirs(FLAGS.root, row)]:
+    for seed, path in [(None, workdir(FLAGS.root, "copy_memory", row)), *seed_workdirs(FLAGS.root, "copy_memory", row)]:
       head = f"| {run_label(row, seed)} | {params:,} ({1000 * paper_row.params_m:.0f}K) |"
       run = read_run(path)
       if run is None or not run["train"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 
 
 def load_config(study: str, row: str):
@@ -20,6 +21,15 @@ def load_config(study: str, row: str):
 def workdir(root: str, study: str, row: str, seed: int | None = None) -> str:
   """`<root>/<study>/<row>`, or `<root>/<study>/<row>_seed<seed>` for a run with another seed."""
   return os.path.join(root, study, row if seed is None else f"{row}_seed{seed}")
+
+
+def seed_workdirs(root: str, study: str, row: str) -> list[tuple[int, str]]:
+  """(seed, workdir) of the runs of `row` with another seed (`<root>/<study>/<row>_seed<N>`), by seed."""
+  pattern = re.compile(re.escape(row) + r"_seed(\d+)")
+  folder = os.path.join(root, study)
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  seeds = sorted(int(m.group(1)) for name in names if (m := pattern.fullmatch(name)))
+  return [(seed, workdir(root, study, row, seed)) for seed in seeds]
 
 
 def read_metrics(workdir: str, eval_key: str, test_key: str) -> dict | None:

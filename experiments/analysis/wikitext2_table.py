@@ -14,7 +14,10 @@ Reads `<root>/wikitext2/<row>/metrics.jsonl`, the runs of
   * the DEQ against each baseline: perplexity, memory saving, time per step (paper: 2.82x slower).
 The PNG shows validation perplexity against training time for every row, and the DEQ rows'
 forward / backward solver steps and forward residual over training (the paper's Figure 2 analogue).
-Rows without a workdir are listed as not run.
+Rows without a workdir are listed as not run. Runs of a row's config with another seed
+(`--config.seed=N --workdir=<root>/wikitext2/<row>_seed<N>`) are listed under their row as
+"<model>, seed N", and each comparison adds the mean test perplexity over every finished seed of its
+two rows when either has more than one.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from experiments import trainer
 from experiments.analysis import plots
 from experiments.analysis.memory_table import step_memory
 from experiments.analysis.paper import paper_row
-from experiments.analysis.runs import deq_convergence, load_config, read_metrics, workdir
+from experiments.analysis.runs import deq_convergence, load_config, read_metrics, seed_workdirs, workdir
 from experiments.trainer.models import abstract_model, count_parameters
 
 FLAGS = flags.FLAGS
@@ -88,23 +91,30 @@ def body_memory(config) -> tuple[float, float]:
 
 def main(argv):
   del argv
-  table, runs = {}, {}
+  table, runs = {}, {}  # keyed by (row, seed): seed None for the config's own
   for row in ROWS:
     config = load_config("wikitext2", row)
     params, non_embedding = count_parameters(abstract_model(config))
-    entry = {"config": config, "params": params, "non_embedding": non_embedding}
-    run = read_run(workdir(FLAGS.root, "wikitext2", row))
-    if run is not None and run["train"]:
-      runs[row] = run
-      entry.update(summarize(config, run))
-    if FLAGS.memory:
-      entry["memory"] = body_memory(config)
-    table[row] = entry
+    memory = body_memory(config) if FLAGS.memory else None
+    for seed, path in [(None, workdir(FLAGS.root, "wikitext2", row)), *seed_workdirs(FLAGS.root, "wikitext2", row)]:
+      entry = {"config": config, "params": params, "non_embedding": non_embedding}
+      run = read_run(path)
+      if run is not None and run["train"]:
+        runs[row, seed] = run
+        entry.update(summarize(config, run))
+      if memory:
+        entry["memory"] = memory
+      table[row, seed] = entry
   print_table(table)
   print_comparisons(table)
   if FLAGS.png and runs:
     plot(runs, FLAGS.png)
     print(f"\nwrote {FLAGS.png}")
+
+
+def run_label(row: str, seed: int | None) -> str:
+  """A run's name in the table and the plot: the model, and the seed where it is not the config's."""
+  return NAMES[row] if seed is None else f"{NAMES[row]}, seed {seed}"
 
 
 def print_table(table: dict) -> None:
@@ -115,16 +125,19 @@ def print_table(table: dict) -> None:
     f" s/step | tokens/s | memory GB {batch}x{length} | memory GB 15x150 | paper's row (WT103) | paper ppl | paper GB |"
   )
   print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-  for row, e in table.items():
+  for (row, seed), e in table.items():
     paper = paper_row("wikitext2", row)
     memory = e.get("memory")
     mem = f"{memory[0]:.3f} | {memory[1]:.2f}" if memory else " | "
-    head = f"| {NAMES[row]} | {e['params']:,} ({e['non_embedding']:,}) |"
+    head = f"| {run_label(row, seed)} | {e['params']:,} ({e['non_embedding']:,}) |"
     tail = f" {mem} | {paper.label} | {paper.ppl} | {paper.memory_gb} |"
     if "steps" not in e:
       print(f"{head} not run | | | | | | |{tail}")
       continue
-    ppl = f"{e['test_ppl']:.1f}" if e["test_ppl"] else f"(valid {e['valid_ppl']:.1f}, running)"
+    if e["test_ppl"]:
+      ppl = f"{e['test_ppl']:.1f}"
+    else:
+      ppl = f"(valid {e['valid_ppl']:.1f}, running)" if e["valid_ppl"] else "(running)"
     print(
       f"{head} {ppl} | {_convergence(e['convergence'])} | {e['steps']} | {e['seconds']:.0f} | {e['s_per_step']:.3f} |"
       f" {e['tokens_per_s']:.0f} |{tail}"
@@ -143,7 +156,7 @@ def _convergence(c: dict | None) -> str:
 def print_comparisons(table: dict) -> None:
   print("\nThe DEQ against each baseline (paper: WikiText-103 rows; 2.82x the training time of a transformer):")
   for deq, base in COMPARISONS:
-    d, b = table[deq], table[base]
+    d, b = table[deq, None], table[base, None]
     paper_d, paper_b = paper_row("wikitext2", deq), paper_row("wikitext2", base)
     parts = []
     if d.get("test_ppl") and b.get("test_ppl"):
@@ -157,18 +170,33 @@ def print_comparisons(table: dict) -> None:
     if "s_per_step" in d and "s_per_step" in b:
       parts.append(f"{d['s_per_step'] / b['s_per_step']:.2f}x the time per step")
     print(f"  {NAMES[deq]} vs {NAMES[base]}: " + "; ".join(parts))
+    d_ppl, b_ppl = (_tested(table, row) for row in (deq, base))
+    if d_ppl and b_ppl and max(len(d_ppl), len(b_ppl)) > 1:
+      print(f"    test ppl, mean over seeds: {_mean(d_ppl)} vs {_mean(b_ppl)}")
+
+
+def _tested(table: dict, row: str) -> list[float]:
+  """The test perplexities of every finished run of `row`, the config's seed first."""
+  return [e["test_ppl"] for (r, _), e in table.items() if r == row and e.get("test_ppl")]
+
+
+def _mean(values: list[float]) -> str:
+  """'265.0 (2 runs: 270.0, 260.0)'."""
+  runs = f"{len(values)} run{'s' if len(values) > 1 else ''}"
+  return f"{statistics.mean(values):.1f} ({runs}: {', '.join(f'{v:.1f}' for v in values)})"
 
 
 def plot(runs: dict, path: str) -> None:
   fig, (ax_ppl, ax_steps, ax_res) = plots.subplots(1, 3, figsize=(13, 3.6))
-  for row, run in runs.items():
+  for (row, seed), run in runs.items():
     minutes = [e["train_seconds"] / 60 for e in run["evals"]]
-    ax_ppl.plot(minutes, [e["valid_ppl"] for e in run["evals"]], marker=".", label=NAMES[row])
+    style = dict(marker=".") if seed is None else dict(linestyle="--", linewidth=0.9)
+    ax_ppl.plot(minutes, [e["valid_ppl"] for e in run["evals"]], label=run_label(row, seed), **style)
   ax_ppl.set(yscale="log", xlabel="training minutes (one CPU core)", ylabel="validation perplexity")
   ax_ppl.set_title("WikiText-2, equal time and parameters", fontsize=10)
   ax_ppl.legend(fontsize=7)
   for row in ("deq_transformer", "deq_trellisnet"):
-    deq = [r for r in runs.get(row, {"train": []})["train"] if "f_steps" in r]
+    deq = [r for r in runs.get((row, None), {"train": []})["train"] if "f_steps" in r]  # the config's seed
     if not deq:
       continue
     steps = [r["step"] for r in deq]

@@ -37,6 +37,8 @@ class ResumeMismatch(ValueError):
 # Fields of config.model that may differ on resume: how the equilibrium is solved and differentiated
 # (the weights and the training state do not depend on them), and dropout rates.
 SOLVER_FIELDS = frozenset(f.name for f in dataclasses.fields(DEQSettings)) - {"pretrain_depth", "feed_fz"}
+# Model fields that change how the same function is computed (memory for time), not what it is.
+COMPUTATION_FIELDS = frozenset({"remat_attention"})
 # Top-level fields that shape the training state (memory rows, parameter and optimizer dtypes).
 TRAINING_STATE_FIELDS = ("batch_size", "dtype")
 
@@ -225,7 +227,7 @@ def _is_setting(path: str) -> bool:
     return False
   if path.startswith("model."):
     name = path.split(".", 1)[1]
-    return name in SOLVER_FIELDS or name.startswith("dropout")
+    return name in SOLVER_FIELDS or name in COMPUTATION_FIELDS or name.startswith("dropout")
   return True
 
 

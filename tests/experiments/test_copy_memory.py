@@ -17,7 +17,7 @@ from deqjax.models import TCN, DEQTransformerClassifierConfig, RecurrentClassifi
 from deqjax.models.sequence import classifier_output
 from deqjax.nn.weight_norm import causal_conv
 from experiments import trainer
-from experiments.analysis.runs import load_config
+from experiments.analysis.runs import load_config, seed_workdirs
 from experiments.trainer.models import abstract_model, build_model, count_parameters
 
 ROWS = ("deq_transformer", "tcn", "lstm", "gru")
@@ -112,6 +112,25 @@ def test_models_are_causal(row):
   a, b = (out.logits for out in outs)
   np.testing.assert_allclose(a[:, :15], b[:, :15], atol=1e-9, rtol=0)
   assert float(jnp.max(jnp.abs(a[:, 15:] - b[:, 15:]))) > 1e-4
+
+
+def test_remat_attention_changes_neither_the_loss_nor_its_gradient():
+  # Storing each head's probabilities instead of recomputing them trades memory for time only.
+  config = load("deq_transformer")
+  inputs, targets = (jnp.asarray(a) for a in copy_memory.train_batch(0, 0, 2, 12))
+  solve = dict(tol=1e-12, rtol=0.0, max_iter=300, backward_tol=1e-12, backward_rtol=0.0, backward_max_iter=300)
+  results = []
+  for remat in (True, False):
+    config.model.remat_attention = remat
+    model = build_model(config, nnx.Rngs(0))
+    loss = lambda model: jnp.mean(model(inputs, targets, None, dtype=F64, **solve).nll)
+    results.append(nnx.jit(nnx.value_and_grad(loss))(model))
+  (loss_remat, grad_remat), (loss_stored, grad_stored) = results
+  assert abs(float(loss_stored) - float(loss_remat)) < 1e-12
+  flat = lambda g: jnp.concatenate([leaf.ravel() for leaf in jax.tree.leaves(g)])
+  scale = float(jnp.max(jnp.abs(flat(grad_remat))))
+  assert scale > 0
+  np.testing.assert_allclose(flat(grad_stored), flat(grad_remat), rtol=0, atol=1e-9 * scale)
 
 
 def test_dilated_causal_conv_matches_its_definition():
@@ -218,7 +237,6 @@ def test_table_reports_when_the_target_was_first_reached(tmp_path):
 
 
 def test_table_lists_other_seeds_under_their_row(tmp_path):
-  from experiments.analysis import copy_memory_table
 
   write_run(tmp_path / "copy_memory" / "deq_transformer", [(250, 0.05, 600.0), (500, 5e-5, 1200.0)], 5e-5)
   write_run(
@@ -227,7 +245,7 @@ def test_table_lists_other_seeds_under_their_row(tmp_path):
   write_run(tmp_path / "copy_memory" / "deq_transformer_seed12", [(250, 0.05, 650.0), (500, 8e-5, 1300.0)], 8e-5)
   write_run(tmp_path / "copy_memory" / "deq_transformer_seedx", [(250, 0.05, 650.0)], None)  # not a seed: ignored
   write_run(tmp_path / "copy_memory" / "tcn_seed1", [(250, 0.05, 650.0)], None)  # another row's
-  assert copy_memory_table.seed_workdirs(str(tmp_path), "deq_transformer") == [
+  assert seed_workdirs(str(tmp_path), "copy_memory", "deq_transformer") == [
     (3, str(tmp_path / "copy_memory" / "deq_transformer_seed3")),
     (12, str(tmp_path / "copy_memory" / "deq_transformer_seed12")),
   ]

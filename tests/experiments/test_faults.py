@@ -223,7 +223,7 @@ def test_mismatches_follow_what_each_mode_may_change():
   saved["model"] = {"d_model": 32, "mem_len": 16, "max_iter": 8, "dropout": 0.1, "feed_fz": True}
   now = json.loads(json.dumps(saved))
   now.update(learning_rate=5e-4, grad_clip_ratio=0.0)
-  now["model"].update(max_iter=30, dropout=0.0)
+  now["model"].update(max_iter=30, dropout=0.0, remat_attention=False)
   assert checkpoints.state_mismatches(saved, now, training=True) == []  # settings, not state
   now["model"]["feed_fz"] = False
   now["grad_clip_ratio"] = 2.0  # switched on: new optimizer state

@@ -3,8 +3,11 @@
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
+from paths import REPO
 
 from deqjax.data.wikitext import build_vocab
 from experiments.analysis import wikitext2_table as results_table
@@ -73,6 +76,32 @@ def test_summary_reads_the_main_phase_and_the_test_result(tmp_path):
   assert results_table._convergence(converged) == "92.5% of 400 | 7.1e-04 / 6.5e-04"
 
 
+def test_table_lists_other_seeds_under_their_row_and_compares_their_means(tmp_path):
+  def finished(row, seed, test_ppl):
+    records = [{"step": 50, "phase": "deq", "loss": 6.5, "s_per_step": 0.3}]
+    records.append({"step": 100, "valid_ppl": test_ppl + 5, "train_seconds": 31.0})
+    _write_run(workdir(tmp_path, "wikitext2", row, seed), [*records, {"step": 100, "test_ppl": test_ppl}])
+
+  finished("deq_transformer", None, 270.0)
+  finished("deq_transformer", 1, 260.0)
+  finished("deq_transformer", 2, 266.0)
+  finished("transformer_xl_tied", None, 269.0)
+  _write_run(workdir(tmp_path, "wikitext2", "transformer_xl_tied", 1), [{"step": 25, "phase": "unrolled", "loss": 7.0}])
+  _write_run(workdir(tmp_path, "wikitext2", "transformer_xl_tied_seedx"), [{"step": 25, "loss": 7.0}])  # no seed
+  command = [sys.executable, "-m", "experiments.analysis.wikitext2_table", f"--root={tmp_path}", "--nomemory"]
+  out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout
+  rows = [line.split(" | ")[:3] for line in out.splitlines() if line.startswith("| DEQ-Transformer")]
+  assert [(name, ppl) for name, _, ppl in rows] == [
+    ("| DEQ-Transformer", "270.0"),
+    ("| DEQ-Transformer, seed 1", "260.0"),
+    ("| DEQ-Transformer, seed 2", "266.0"),
+  ]
+  tied = [line.split(" | ")[2] for line in out.splitlines() if line.startswith("| Transformer-XL, weight-tied 16L")]
+  assert tied == ["269.0", "(running)"]  # seed 1 has not evaluated yet
+  means = [line.strip() for line in out.splitlines() if "mean over seeds" in line]  # the untied row has no run
+  assert means == ["test ppl, mean over seeds: 265.3 (3 runs: 270.0, 260.0, 266.0) vs 269.0 (1 run: 269.0)"]
+
+
 def test_training_plot_is_written_at_its_size(tmp_path):
   records = [
     {"step": 50, "phase": "deq", "loss": 6.5, "s_per_step": 0.3, "f_steps": 7.0, "b_steps": 6.0}
@@ -82,7 +111,10 @@ def test_training_plot_is_written_at_its_size(tmp_path):
   run = workdir(tmp_path, "wikitext2", "deq_transformer")
   _write_run(run, records)
   path = tmp_path / "new_folder" / "training.png"  # the folder is made
-  results_table.plot({"deq_transformer": results_table.read_run(run)}, str(path))
+  seed = workdir(tmp_path, "wikitext2", "deq_transformer", seed=1)
+  _write_run(seed, records)
+  runs = {("deq_transformer", None): results_table.read_run(run), ("deq_transformer", 1): results_table.read_run(seed)}
+  results_table.plot(runs, str(path))
   header = path.read_bytes()[:24]
   assert header[:8] == b"\x89PNG\r\n\x1a\n"
   width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")

@@ -45,6 +45,7 @@ def test_relative_attention_matches_a_direct_sum():
   r_k = jax.random.normal(keys[3], (k, h, d), F64)  # row j: distance k-1-j
   r_w, r_r = jax.random.normal(keys[4], (h, d), F64), jax.random.normal(keys[5], (h, d), F64)
   got = relative_attention(query, key, value, r_k, r_w, r_r, m)
+  got_stored = relative_attention(query, key, value, r_k, r_w, r_r, m, remat=False)
   want = np.zeros((b, q, h, d))
   for bi in range(b):
     for hi in range(h):
@@ -60,6 +61,36 @@ def test_relative_attention_matches_a_direct_sum():
         p /= p.sum()
         want[bi, i, hi] = sum(p[j] * value[bi, j, hi] for j in visible)
   np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(got_stored, want, rtol=1e-12, atol=1e-12)
+
+
+def test_relative_attention_gradients_do_not_depend_on_rematerialisation():
+  # remat trades memory for time only: the same VJP, and both match a central finite difference.
+  b, q, m, h, d = 2, 4, 3, 2, 3
+  k = q + m
+  keys = jax.random.split(jax.random.key(1), 9)
+  args = [
+    jax.random.normal(keys[0], (b, q, h, d), F64),
+    jax.random.normal(keys[1], (b, k, h, d), F64),
+    jax.random.normal(keys[2], (b, k, h, d), F64),
+    jax.random.normal(keys[3], (k, h, d), F64),
+    jax.random.normal(keys[4], (h, d), F64),
+    jax.random.normal(keys[5], (h, d), F64),
+  ]
+  cotangent = jax.random.normal(keys[6], (b, q, h, d), F64)
+  tangents = [jax.random.normal(key, a.shape, F64) for key, a in zip(jax.random.split(keys[7], 6), args, strict=True)]
+  grads = {}
+  for remat in (True, False):
+    attend = lambda *a, remat=remat: relative_attention(*a, m, window=3, remat=remat)
+    _, vjp = jax.vjp(attend, *args)
+    grads[remat] = vjp(cotangent)
+  for with_remat, stored in zip(grads[True], grads[False], strict=True):
+    np.testing.assert_allclose(stored, with_remat, rtol=1e-12, atol=1e-13)
+  eps = 1e-6
+  shifted = lambda sign: relative_attention(*[a + sign * eps * t for a, t in zip(args, tangents, strict=True)], m, 3)
+  directional = float(jnp.vdot(cotangent, (shifted(1) - shifted(-1)) / (2 * eps)))
+  from_vjp = sum(float(jnp.vdot(g, t)) for g, t in zip(grads[False], tangents, strict=True))
+  assert abs(from_vjp - directional) < 1e-7 * max(1.0, abs(directional))
 
 
 @pytest.mark.parametrize("cutoffs, div_val", [((10, 25), 2), ((5, 12, 30), 3), ((), 1), ((8, 20), 1)])
