@@ -191,6 +191,7 @@ def plot(runs: dict, path: str) -> None:
   for (row, seed), run in runs.items():
     minutes = [e["train_seconds"] / 60 for e in run["evals"]]
     style = dict(marker=".") if seed is None else dict(linestyle="--", linewidth=0.9)
+    style["color"] = f"C{ROWS.index(row)}"  # a row's seeds share its colour
     ax_ppl.plot(minutes, [e["valid_ppl"] for e in run["evals"]], label=run_label(row, seed), **style)
   ax_ppl.set(yscale="log", xlabel="training minutes (one CPU core)", ylabel="validation perplexity")
   ax_ppl.set_title("WikiText-2, equal time and parameters", fontsize=10)
