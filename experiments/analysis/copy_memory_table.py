@@ -18,7 +18,7 @@ from absl import app, flags
 from deqjax.data.copy_memory import memoryless_loss
 from experiments.analysis import plots
 from experiments.analysis.paper import PAPER
-from experiments.analysis.runs import load_config, read_metrics, seed_workdirs, workdir
+from experiments.analysis.runs import load_config, read_metrics, run_label, seed_workdirs, workdir
 from experiments.trainer.models import abstract_model, count_parameters
 
 FLAGS = flags.FLAGS
@@ -33,11 +33,6 @@ def define_flags() -> None:
 
 ROWS = ("deq_transformer", "tcn", "lstm", "gru")
 NAMES = {row: PAPER["copy_memory"][row].label for row in ROWS}
-
-
-def run_label(row: str, seed: int | None) -> str:
-  """The table's and the legend's name of a run: the model, and the seed where it is not the config's."""
-  return NAMES[row] if seed is None else f"{NAMES[row]}, seed {seed}"
 
 
 def read_run(workdir: str) -> dict | None:
@@ -84,7 +79,7 @@ def main(argv):
     paper_row = PAPER["copy_memory"][row]
     paper = f"{paper_row.loss:.3g}"
     for seed, path in [(None, workdir(FLAGS.root, "copy_memory", row)), *seed_workdirs(FLAGS.root, "copy_memory", row)]:
-      head = f"| {run_label(row, seed)} | {params:,} ({1000 * paper_row.params_m:.0f}K) |"
+      head = f"| {run_label(NAMES[row], seed)} | {params:,} ({1000 * paper_row.params_m:.0f}K) |"
       run = read_run(path)
       if run is None or not run["train"]:
         print(f"{head} not run | {paper} | | | | |")
@@ -101,7 +96,7 @@ def plot(runs: list, path: str) -> None:
   fig, (ax_loss, ax_solver) = plots.subplots(1, 2, figsize=(10, 4.2))
   for row, seed, run in runs:
     hours = [e["train_seconds"] / 3600 for e in run["evals"]]
-    ax_loss.plot(hours, [e["heldout_loss"] for e in run["evals"]], marker=".", label=run_label(row, seed))
+    ax_loss.plot(hours, [e["heldout_loss"] for e in run["evals"]], marker=".", label=run_label(NAMES[row], seed))
   ax_loss.axhline(memoryless_loss(400), color="gray", linestyle="--", linewidth=1, label="no memory")
   ax_loss.axhline(FLAGS.target, color="black", linestyle=":", linewidth=1, label="target")
   ax_loss.set(yscale="log", xlabel="training hours (2-core CPU)", ylabel="held-out loss", title="Copy memory, T = 400")

@@ -32,6 +32,11 @@ def seed_workdirs(root: str, study: str, row: str) -> list[tuple[int, str]]:
   return [(seed, workdir(root, study, row, seed)) for seed in seeds]
 
 
+def run_label(name: str, seed: int | None) -> str:
+  """A run's name in a table or a plot: the model's `name`, and the seed where it is not the config's."""
+  return name if seed is None else f"{name}, seed {seed}"
+
+
 def read_metrics(workdir: str, eval_key: str, test_key: str) -> dict | None:
   """A workdir's metrics.jsonl split into training records, evaluations (records with `eval_key`) and
   the last record with `test_key` (None if the run has not tested); None when there is no metrics file.

@@ -30,7 +30,7 @@ from experiments import trainer
 from experiments.analysis import plots
 from experiments.analysis.memory_table import step_memory
 from experiments.analysis.paper import paper_row
-from experiments.analysis.runs import deq_convergence, load_config, read_metrics, seed_workdirs, workdir
+from experiments.analysis.runs import deq_convergence, load_config, read_metrics, run_label, seed_workdirs, workdir
 from experiments.trainer.models import abstract_model, count_parameters
 
 FLAGS = flags.FLAGS
@@ -112,11 +112,6 @@ def main(argv):
     print(f"\nwrote {FLAGS.png}")
 
 
-def run_label(row: str, seed: int | None) -> str:
-  """A run's name in the table and the plot: the model, and the seed where it is not the config's."""
-  return NAMES[row] if seed is None else f"{NAMES[row]}, seed {seed}"
-
-
 def print_table(table: dict) -> None:
   batch, length = next(iter(table.values()))["config"].batch_size, next(iter(table.values()))["config"].tgt_len
   print(f"WikiText-2 (train: validation file; test: test file), {batch} x {length} tokens per step.\n")
@@ -129,7 +124,7 @@ def print_table(table: dict) -> None:
     paper = paper_row("wikitext2", row)
     memory = e.get("memory")
     mem = f"{memory[0]:.3f} | {memory[1]:.2f}" if memory else " | "
-    head = f"| {run_label(row, seed)} | {e['params']:,} ({e['non_embedding']:,}) |"
+    head = f"| {run_label(NAMES[row], seed)} | {e['params']:,} ({e['non_embedding']:,}) |"
     tail = f" {mem} | {paper.label} | {paper.ppl} | {paper.memory_gb} |"
     if "steps" not in e:
       print(f"{head} not run | | | | | | |{tail}")
@@ -192,7 +187,7 @@ def plot(runs: dict, path: str) -> None:
     minutes = [e["train_seconds"] / 60 for e in run["evals"]]
     style = dict(marker=".") if seed is None else dict(linestyle="--", linewidth=0.9)
     style["color"] = f"C{ROWS.index(row)}"  # a row's seeds share its colour
-    ax_ppl.plot(minutes, [e["valid_ppl"] for e in run["evals"]], label=run_label(row, seed), **style)
+    ax_ppl.plot(minutes, [e["valid_ppl"] for e in run["evals"]], label=run_label(NAMES[row], seed), **style)
   ax_ppl.set(yscale="log", xlabel="training minutes (one CPU core)", ylabel="validation perplexity")
   ax_ppl.set_title("WikiText-2, equal time and parameters", fontsize=10)
   ax_ppl.legend(fontsize=7)

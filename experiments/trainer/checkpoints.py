@@ -125,11 +125,9 @@ def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: in
     changed = [f"{p} {a!r} -> {b!r}" for p, a, b in differences if _is_setting(p)]
     if changed and training:
       print(f"Resuming with changed settings: {', '.join(changed)}.", flush=True)
-  if training and "platform" in meta and meta["platform"] != platform():  # older checkpoints did not record it
-    now = platform()
-    changed = [
-      f"{key} {meta['platform'].get(key)!r} -> {now[key]!r}" for key in now if meta["platform"].get(key) != now[key]
-    ]
+  then, now = meta.get("platform"), platform()  # checkpoints written before it was recorded have none
+  if training and then is not None and then != now:
+    changed = [f"{key} {then.get(key)!r} -> {value!r}" for key, value in now.items() if then.get(key) != value]
     print(
       f"Resuming on another platform ({', '.join(changed)}): the run continues, but its numbers may differ in"
       " the last bits from those of an uninterrupted run (XLA may round differently there).",
