@@ -58,6 +58,13 @@ class Progress:
   step: int = 0
   nonfinite_total: int = 0
   train_seconds: float = 0.0  # wall-clock time of the training steps, summed over resumed runs
+  # The same less the share the hypervisor stole (experiments.trainer.host_cpu); equal to train_seconds
+  # where that cannot be read, and in checkpoints written before it was measured.
+  unstolen_seconds: float | None = None
+
+  def __post_init__(self):
+    if self.unstolen_seconds is None:
+      self.unstolen_seconds = self.train_seconds
 
 
 def platform() -> dict:
@@ -144,7 +151,7 @@ def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: in
     next(stored) if math.prod(shape) else jnp.zeros(shape, dtype, device=rt.batch_sharding) for shape, dtype in shapes
   ]
   memory = jax.tree.unflatten(jax.tree.structure(memory), leaves)
-  progress = Progress(**{f.name: meta[f.name] for f in dataclasses.fields(Progress)})
+  progress = Progress(**{f.name: meta[f.name] for f in dataclasses.fields(Progress) if f.name in meta})
   return progress, state["params"], state["opt_state"], memory
 
 

@@ -17,6 +17,7 @@ from flax import nnx
 
 from experiments.model_configs import architecture
 from experiments.trainer.checkpoints import Progress, checkpoint_manager, restore_newest_valid, save_checkpoint
+from experiments.trainer.host_cpu import PROC_STAT, StealMeter
 from experiments.trainer.metrics import MetricsWriter, StepMetrics
 from experiments.trainer.runtime import Runtime, setup, to_global
 from experiments.trainer.schedules import phase_at, train_max_iter, uses_jac_reg
@@ -65,8 +66,25 @@ class SigtermFlag:
 
 
 def over_budget(config, progress: Progress) -> bool:
-  """Whether the run has spent its wall-clock training budget (`train_budget_seconds`; 0: unlimited)."""
-  return 0 < config.train_budget_seconds <= progress.train_seconds
+  """Whether the run has spent its training budget (`train_budget_seconds`; 0: unlimited).
+
+  `train_budget_clock` "wall" counts the training steps' wall-clock time; "unstolen" the same less the
+  share of it the hypervisor stole from this machine (`host_cpu`), so that a busy host does not shorten
+  the run.
+  """
+  spent = progress.unstolen_seconds if config.train_budget_clock == "unstolen" else progress.train_seconds
+  return 0 < config.train_budget_seconds <= spent
+
+
+def _clocks(progress: Progress) -> dict:
+  """The run's two clocks, for a metrics record."""
+  return {"train_seconds": progress.train_seconds, "unstolen_seconds": progress.unstolen_seconds}
+
+
+def _stolen_share(progress: Progress, flushed: tuple[float, float]) -> dict:
+  """{"host_steal": the stolen share of the steps' wall time since the clocks read `flushed`}, or {} if none passed."""
+  wall = progress.train_seconds - flushed[0]
+  return {"host_steal": 1.0 - (progress.unstolen_seconds - flushed[1]) / wall} if wall > 0 else {}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
@@ -98,10 +116,15 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
   )  # fmt: skip
   model_max_iter = getattr(architecture(c), "max_iter", None)
   consecutive = 0
+  steal = StealMeter()
+  if c.train_budget_clock == "unstolen" and not steal.available:
+    print(f"Cannot read {PROC_STAT}: the budget counts wall-clock time (train_budget_clock='wall').", flush=True)
+  flushed = (progress.train_seconds, progress.unstolen_seconds)
   with SigtermFlag() as sigterm:
     while progress.step < c.num_train_steps and not over_budget(c, progress):
       phase = phase_at(c, progress.step)
       inputs, targets = rt.task.train_batch(progress.step)
+      steal.lap()
       started = time.perf_counter()
       x, y = (to_global(a, rt.batch_sharding, c.batch_size) for a in (inputs, targets))
       use_jac = uses_jac_reg(c, phase, progress.step)
@@ -115,7 +138,10 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
       )
       params, opt_state, memory, metrics = update(params, opt_state, memory, x, y, progress.step)
       metrics = jax.device_get(metrics)
-      progress.train_seconds += time.perf_counter() - started
+      seconds = time.perf_counter() - started
+      stolen_share = steal.lap()
+      progress.train_seconds += seconds
+      progress.unstolen_seconds += seconds * (1.0 - (stolen_share or 0.0))
       progress.step += 1
       step = progress.step
       consecutive = 0 if metrics["finite"] else consecutive + 1
@@ -128,10 +154,12 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
       writer.add(StepMetrics(step, phase, metrics, rt.task.epoch(step - 1), progress.nonfinite_total))
       last = step == c.num_train_steps or over_budget(c, progress)
       if step % c.log_every_steps == 0 or last:
-        writer.flush(step, train_seconds=progress.train_seconds)
+        share = _stolen_share(progress, flushed) if steal.available else {}
+        flushed = (progress.train_seconds, progress.unstolen_seconds)
+        writer.flush(step, **_clocks(progress), **share)
       if c.eval_every_steps and step % c.eval_every_steps == 0 and not last:
         results = evaluate_task(rt, params, phase, final=False)
-        writer.scalars(step, {**results, "train_seconds": progress.train_seconds})
+        writer.scalars(step, {**results, **_clocks(progress)})
       if step % c.checkpoint_every_steps == 0 or last:
         save_checkpoint(manager, rt, progress, params, opt_state, memory)
       if sigterm.raised:
@@ -153,7 +181,7 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
       )
       writer.close()
       return None
-  writer.scalars(progress.step, {**results, "train_seconds": progress.train_seconds})
+  writer.scalars(progress.step, {**results, **_clocks(progress)})
   writer.close()
   return results
 

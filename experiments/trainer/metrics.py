@@ -99,6 +99,9 @@ class MetricsWriter:
       self.tensorboard.close()
 
 
+STEAL_SHOWN = 0.05  # the progress line names the hypervisor's share of the CPU time from this much on
+
+
 def _progress_line(record: dict, num_steps: int, seconds_per_step: float) -> str:
   step = record["step"]
   eta = max(num_steps - step, 0) * seconds_per_step
@@ -114,6 +117,8 @@ def _progress_line(record: dict, num_steps: int, seconds_per_step: float) -> str
   if "grad_norm" in record:
     parts.append(f"|g| {record['grad_norm']:.2f}")
   parts.append(f"{record['tokens_per_s']:.0f} tok/s")
+  if record.get("host_steal", 0.0) >= STEAL_SHOWN:
+    parts.append(f"host stole {record['host_steal']:.0%}")
   if record["skipped"]:
     parts.append(f"skipped {record['skipped']}")
   parts.append(f"ETA {_duration(eta)}")
