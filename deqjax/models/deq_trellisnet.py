@@ -37,6 +37,9 @@ class DEQTrellisNetConfig(DEQSettings):
     norm: the cell's convolutions' normalisation: "weight" (the reference's weight norm) or
       "spectral" (each kernel, as a `[taps * d_in, d_out]` matrix, divided by its largest singular
       value: a stability lever, not the reference).
+    injection_norm: the injection convolution's normalisation, if not `norm`'s (None). It acts on
+      the input only, not on z, so it has no part in df/dz: "weight" keeps the injection's gains
+      (and their scale) while the recurrent convolution is spectrally normalised.
   """
 
   n_token: int
@@ -51,6 +54,7 @@ class DEQTrellisNetConfig(DEQSettings):
   dilation: int = 1
   tie_weights: bool = True
   norm: str = "weight"
+  injection_norm: str | None = None
   max_iter: int = dataclasses.field(default=45, kw_only=True)
   backward_max_iter: int = dataclasses.field(default=45, kw_only=True)
   pretrain_depth: int = dataclasses.field(default=40, kw_only=True)
@@ -58,6 +62,8 @@ class DEQTrellisNetConfig(DEQSettings):
   def __post_init__(self):
     super().__post_init__()
     check_norm(self.norm)
+    if self.injection_norm is not None:
+      check_norm(self.injection_norm, "injection_norm")
     for name in ("d_embed", "nhid", "nout"):
       check_int(name, getattr(self, name), low=1)
     check_int("n_token", self.n_token, low=0)  # 0: set from the data by the experiments
@@ -91,7 +97,13 @@ class DEQTrellisNetLM(nnx.Module):
     self.config = c
     self.embedding = AdaptiveEmbedding(c.n_token, c.d_embed, c.d_embed, (), 1, scale=False, rngs=rngs)
     self.cell = DEQTrellisNetCell(
-      c.d_embed, c.d_state, kernel_size=c.kernel_size, dilation=c.dilation, norm=c.norm, rngs=rngs
+      c.d_embed,
+      c.d_state,
+      kernel_size=c.kernel_size,
+      dilation=c.dilation,
+      norm=c.norm,
+      injection_norm=c.injection_norm,
+      rngs=rngs,
     )
     self.softmax = ProjectedAdaptiveLogSoftmax(
       c.n_token, c.nout, c.nout, c.cutoffs, 1, tie_weights=c.tie_weights, rngs=rngs

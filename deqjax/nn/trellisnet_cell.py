@@ -29,9 +29,11 @@ from deqjax.nn.weight_norm import WeightNormConv1D, causal_conv
 class DEQTrellisNetCell(nnx.Module):
   def __init__(
     self, d_embed: int, d_state: int, *, kernel_size: int = 2, dilation: int = 1, norm: str = "weight",
-    rngs: nnx.Rngs,
+    injection_norm: str | None = None, rngs: nnx.Rngs,
   ):  # fmt: skip
-    self.inject = WeightNormConv1D(d_embed, 4 * d_state, kernel_size, norm=norm, rngs=rngs)
+    """norm: both convolutions' normalisation ("weight" or "spectral"); injection_norm: the injection's, if other."""
+    injection_norm = norm if injection_norm is None else injection_norm
+    self.inject = WeightNormConv1D(d_embed, 4 * d_state, kernel_size, norm=injection_norm, rngs=rngs)
     self.recur = WeightNormConv1D(d_state, 4 * d_state, kernel_size, norm=norm, rngs=rngs)
     self.kernel_size, self.dilation = kernel_size, dilation
 

@@ -51,9 +51,10 @@ NORMS = ("weight", "spectral")
 SPECTRAL_ITERATIONS = 30
 
 
-def check_norm(norm: str) -> None:
+def check_norm(norm: str, name: str = "norm") -> None:
+  """Raises ValueError unless `norm` (the field `name`) is one of NORMS."""
   if norm not in NORMS:
-    raise ValueError(f"Unknown norm={norm!r}; expected one of {list(NORMS)}.")
+    raise ValueError(f"Unknown {name}={norm!r}; expected one of {list(NORMS)}.")
 
 
 def spectral_norm(matrix: jax.Array, iterations: int = SPECTRAL_ITERATIONS) -> jax.Array:

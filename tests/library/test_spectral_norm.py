@@ -72,3 +72,23 @@ def test_models_with_spectral_norm(model_class, config_class, fields, gains):
   assert bool(jnp.all(out.info.converged)) and bool(jnp.all(jnp.isfinite(out.nll)))
   with pytest.raises(ValueError, match="norm='layer'"):
     config_class(**fields, norm="layer")
+
+
+def test_trellisnet_injection_keeps_weight_norm_beside_a_spectral_recurrence():
+  fields = dict(n_token=40, d_embed=8, nhid=12, nout=8, norm="spectral")
+  mixed = DEQTrellisNetLM(DEQTrellisNetConfig(**fields, injection_norm="weight"), rngs=nnx.Rngs(0))
+  spectral = DEQTrellisNetLM(DEQTrellisNetConfig(**fields), rngs=nnx.Rngs(0))
+  assert mixed.cell.recur.g is None and mixed.cell.inject.g.shape == (80,)  # 4 H gains, H = 20
+  assert count(mixed) - count(spectral) == 80
+  # Injection: g v / ||v|| per output channel (g = ||v|| at initialisation, so the kernel is v); the
+  # recurrence: sigma 1 whatever the injection's norm.
+  inject = mixed.cell.inject
+  inject.g[...] = 2.0 * inject.g[...]
+  np.testing.assert_allclose(inject.weights()["kernel"], 2.0 * inject.v[...], rtol=1e-6)
+  recur = np.asarray(mixed.cell.recur.weights()["kernel"], np.float64).reshape(-1, 80)
+  assert 1.0 - 1e-6 <= np.linalg.norm(recur, 2) < 1.005
+  tokens = jax.random.randint(jax.random.key(3), (2, 6), 0, 40)
+  out = mixed(tokens, tokens, dtype=F64, **TIGHT)
+  assert bool(jnp.all(out.info.converged)) and bool(jnp.all(jnp.isfinite(out.nll)))
+  with pytest.raises(ValueError, match="injection_norm='batch'"):
+    DEQTrellisNetConfig(**fields, injection_norm="batch")
