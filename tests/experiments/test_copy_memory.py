@@ -203,15 +203,17 @@ def test_main_prints_the_test_loss_and_rejects_a_wrong_vocabulary(tmp_path):
     trainer.setup(bad)  # main prints such errors in one line (test_training: the command-line errors)
 
 
-def write_run(workdir, evals, test_loss):
-  """A copy-memory metrics.jsonl: DEQ training records and held-out evaluations at (step, loss, seconds)."""
+def write_run(workdir, evals, test_loss, stolen=0.0):
+  """A copy-memory metrics.jsonl: DEQ training records and held-out evaluations at (step, loss, seconds); with
+  `stolen`, each record's unstolen_seconds is that share less (as a run on a busy host logs it)."""
   lines = [
     {"step": s, "loss": loss, "phase": "deq", "f_steps": 9.0, "b_steps": 7.0, "f_residual": 1e-3}
     for s, loss, _ in evals
   ]
-  lines += [{"step": s, "heldout_loss": loss, "digit_accuracy": 1.0, "train_seconds": t} for s, loss, t in evals]
+  clocks = lambda t: {"train_seconds": t, **({"unstolen_seconds": t * (1 - stolen)} if stolen else {})}
+  lines += [{"step": s, "heldout_loss": loss, "digit_accuracy": 1.0, **clocks(t)} for s, loss, t in evals]
   if test_loss is not None:
-    lines.append({"step": evals[-1][0], "test_loss": test_loss, "train_seconds": evals[-1][2]})
+    lines.append({"step": evals[-1][0], "test_loss": test_loss, **clocks(evals[-1][2])})
   os.makedirs(workdir)
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     f.write("\n".join(json.dumps(line) for line in lines))
@@ -242,7 +244,9 @@ def test_table_lists_other_seeds_under_their_row(tmp_path):
   write_run(
     tmp_path / "copy_memory" / "deq_transformer_seed3", [(250, 0.04, 700.0), (500, 2e-4, 1400.0)], None
   )  # still running
-  write_run(tmp_path / "copy_memory" / "deq_transformer_seed12", [(250, 0.05, 650.0), (500, 8e-5, 1300.0)], 8e-5)
+  write_run(
+    tmp_path / "copy_memory" / "deq_transformer_seed12", [(250, 0.05, 650.0), (500, 8e-5, 1800.0)], 8e-5, stolen=0.25
+  )
   write_run(tmp_path / "copy_memory" / "deq_transformer_seedx", [(250, 0.05, 650.0)], None)  # not a seed: ignored
   write_run(tmp_path / "copy_memory" / "tcn_seed1", [(250, 0.05, 650.0)], None)  # another row's
   assert seed_workdirs(str(tmp_path), "copy_memory", "deq_transformer") == [
@@ -258,8 +262,10 @@ def test_table_lists_other_seeds_under_their_row(tmp_path):
     "| DEQ-Transformer, seed 3",
     "| DEQ-Transformer, seed 12",
   ]
+  # Wall-clock hours, and where the host stole a share, the hours it left (those a budget_clock "unstolen" counts).
+  assert [row.split(" | ")[5] for row in rows] == ["0.33", "0.39", "0.50 (0.38 unstolen)"]
   assert "| 5e-05 | 3.5e-06 | 500 | 0.33 | 100.0% | step 500, 0.33 h |" in rows[0]
   assert "| 0.0002 (running) | 3.5e-06 | 500 | 0.39 | 100.0% | not reached |" in rows[1]
-  assert "| 8e-05 | 3.5e-06 | 500 | 0.36 | 100.0% | step 500, 0.36 h |" in rows[2]
+  assert "| 8e-05 | 3.5e-06 | 500 | 0.50 (0.38 unstolen) | 100.0% | step 500, 0.50 h |" in rows[2]
   assert "| TCN, seed 1 |" in out and "| LSTM | 14,108 (14K) | not run |" in out
   assert png.stat().st_size > 10_000

@@ -8,8 +8,8 @@ A spectrally normalised recurrent convolution, caps of 24 and the Jacobian penal
 the equilibrium: with weight norm and caps of 16 its forward solve sat at the cap with residual ~0.1 for
 the first ~1,000 DEQ steps (docs/results/wikitext2.md). The injection convolution, which acts on the
 input and not on z, keeps weight norm (`injection_norm`): 373.3 against the baseline's 412.7, where
-with it spectrally normalised too the row ended 13 % behind (466.9; docs/notes/wikitext2_recipe.md). With them the DEQ steps are dearer than the
-baseline's, so fewer fit the budget (num_train_steps is what fits).
+with it spectrally normalised too the row ended 13 % behind (466.9; docs/notes/wikitext2_recipe.md).
+Its DEQ steps are dearer than the baseline's, so fewer fit the budget (num_train_steps is what fits).
 """
 
 from experiments.configs.wikitext2.common import DEQ_SOLVER, TRELLIS_CELL, base
