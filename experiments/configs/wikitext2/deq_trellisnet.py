@@ -7,8 +7,9 @@ taskset -c 0 python -m experiments.main \
 A spectrally normalised recurrent convolution, caps of 24 and the Jacobian penalty keep its solves at
 the equilibrium: with weight norm and caps of 16 its forward solve sat at the cap with residual ~0.1 for
 the first ~1,000 DEQ steps (docs/results/wikitext2.md). The injection convolution, which acts on the
-input and not on z, keeps weight norm (`injection_norm`): 373.3 against the baseline's 412.7, where
-with it spectrally normalised too the row ended 13 % behind (466.9; docs/notes/wikitext2_recipe.md).
+input and not on z, keeps weight norm (`injection_norm`): 372.5 against the baseline's 420.4 on the mean
+of three seeds, where with it spectrally normalised too the row ended 13 % behind (466.9 against 412.7
+with seed 0; docs/notes/wikitext2_recipe.md).
 Its DEQ steps are dearer than the baseline's, so fewer fit the budget (num_train_steps is what fits).
 """
 
