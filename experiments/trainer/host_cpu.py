@@ -1,11 +1,13 @@
 """CPU time the hypervisor stole from this machine, read from Linux's /proc/stat.
 
 On a shared virtual machine the host may not run a vCPU that has work (the "steal" column of
-/proc/stat). A wall-clock budget then buys fewer steps on a busy day than on a quiet one: the same
-run, same code, measured here at 0.42 s per step on one day and 0.8 s on another with 40-70 % of
-the CPU time stolen. `StealMeter` measures the stolen share of the time the CPUs wanted to run, so
-that a run can log it beside its timings and, with `train_budget_clock="unstolen"`, spend its
-budget in the time the CPUs actually ran: wall time x (1 - stolen share).
+/proc/stat); on 2026-12-03 this machine's host took 14-75 % of the CPU time in bursts. A wall-clock
+budget then buys fewer steps on a busy day than on a quiet one. `StealMeter` measures the stolen
+share of the time the CPUs wanted to run, so that a run can log it beside its timings and, with
+`train_budget_clock="unstolen"`, spend its budget in the time the CPUs actually ran: wall time x
+(1 - stolen share). Contention the hypervisor does not report as steal (memory bandwidth, caches)
+still slows a run: the same copy-memory steps took 0.8 s with under 2 % stolen where they had
+taken 0.42 s on a quieter day.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ docs/notes/copy_memory_recipe.md; results: docs/results/copy_memory.md. Attentio
 probabilities instead of recomputing them in every VJP (`remat_attention=False`): the same numbers, DEQ
 steps ~15 % faster for ~1.7x the step's temporary memory (docs/benchmarks.md); the committed results
 were measured before the option existed, with the recomputation. The 2-hour budget counts the time
-this machine's CPUs ran (`train_budget_clock="unstolen"`): on a day the hypervisor takes 40-70 % of it,
-a wall-clock budget would buy half the steps the committed runs had.
+this machine's CPUs ran (`train_budget_clock="unstolen"`): time the hypervisor steals (14-75 % in bursts
+on 2026-12-03) does not shorten the run; other contention still does.
 """
 
 from experiments.configs.copy_memory.common import base
