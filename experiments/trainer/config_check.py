@@ -123,6 +123,12 @@ def _cross_field_problems(config) -> list[str]:
       f"config.train_max_iter_delta={delta}: must be below config.model.max_iter={model_max_iter} (the forward cap"
       " of a training step is max_iter minus a draw from 0..train_max_iter_delta, and must stay >= 1)"
     )
+  start, until = config.get("jac_reg_from_step", 0), config.jac_reg_until_step
+  if start and until and start >= until:
+    problems.append(
+      f"config.jac_reg_from_step={start} with config.jac_reg_until_step={until}: jac_reg would weigh no step"
+      " (from_step must come before until_step)"
+    )
   ratio = config.grad_clip_ratio
   if 0 < ratio <= 1:
     problems.append(

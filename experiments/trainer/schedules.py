@@ -60,6 +60,8 @@ def uses_jac_reg(config, phase: str, step: int) -> bool:
     return config.pretrain_jac_reg > 0
   if phase != "deq":
     return False
+  if step < config.get("jac_reg_from_step", 0):
+    return False
   switched = 0 < config.jac_reg_until_step <= step
   if (config.jac_reg_after if switched else config.jac_reg) <= 0:
     return False
@@ -86,13 +88,16 @@ def train_max_iter(config, phase: str, step: int, model_max_iter: int | None) ->
 def jac_reg_weight(config, step, phase: str = "deq") -> jax.Array:
   """gamma at training step `step` (traced or not) of phase `phase`.
 
-  DEQ steps: jac_reg, then jac_reg_after from jac_reg_until_step on; unrolled steps: pretrain_jac_reg.
+  DEQ steps: 0 before jac_reg_from_step, then jac_reg, then jac_reg_after from jac_reg_until_step on;
+  unrolled steps: pretrain_jac_reg.
   """
   if phase == "pretrain":
     return jnp.asarray(config.pretrain_jac_reg, jnp.float32)
-  if config.jac_reg_until_step <= 0:
-    return jnp.asarray(config.jac_reg, jnp.float32)
-  return jnp.where(step < config.jac_reg_until_step, config.jac_reg, config.jac_reg_after).astype(jnp.float32)
+  weight = jnp.asarray(config.jac_reg, jnp.float32)
+  if config.jac_reg_until_step > 0:
+    weight = jnp.where(step < config.jac_reg_until_step, weight, jnp.float32(config.jac_reg_after))
+  from_step = config.get("jac_reg_from_step", 0)
+  return weight if from_step <= 0 else jnp.where(step < from_step, jnp.float32(0.0), weight)
 
 
 def settle_overrides(config, step, phase: str) -> dict:

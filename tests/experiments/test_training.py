@@ -339,6 +339,28 @@ def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
     trainer.check_config(tiny_config(tfds_dir, jac_reg_after=-0.1))
 
 
+def test_jacobian_penalty_starts_at_jac_reg_from_step(tfds_dir):
+  # Step 3 lies before jac_reg_from_step = 5: no penalty, the update is the unpenalised one; from step 5 on
+  # the weight is jac_reg, and jac_reg_after from jac_reg_until_step on.
+  waiting, metrics = one_update(tfds_dir, 3, jac_reg=5.0, jac_reg_from_step=5)
+  assert "jac_loss" not in metrics
+  plain, _ = one_update(tfds_dir, 3, jac_reg=0.0)
+  assert max_difference(waiting, plain) < SAME
+  started, _ = one_update(tfds_dir, 5, jac_reg=5.0, jac_reg_from_step=5)
+  constant, _ = one_update(tfds_dir, 5, jac_reg=5.0)
+  assert max_difference(started, constant) < SAME
+  assert max_difference(started, plain) > DIFFERENT
+  config = tiny_config(tfds_dir, jac_reg=0.5, jac_reg_from_step=40, jac_reg_until_step=100, jac_reg_after=0.05)
+  assert [float(schedules.jac_reg_weight(config, s)) for s in (0, 39, 40, 99, 100, 500)] == pytest.approx(
+    [0.0, 0.0, 0.5, 0.5, 0.05, 0.05]
+  )
+  assert [trainer.uses_jac_reg(config, "deq", s) for s in (0, 39, 40, 100)] == [False, False, True, True]
+  with pytest.raises(ValueError, match=r"jac_reg_from_step=100 with config.jac_reg_until_step=100"):
+    trainer.check_config(tiny_config(tfds_dir, jac_reg_from_step=100, jac_reg_until_step=100))
+  with pytest.raises(ValueError, match=r"jac_reg_from_step=-1"):
+    trainer.check_config(tiny_config(tfds_dir, jac_reg_from_step=-1))
+
+
 def test_pretrain_jacobian_penalty_applies_to_unrolled_steps_only(tfds_dir):
   # The DEQ-phase weights leave an unrolled step alone; pretrain_jac_reg enters it, and not a DEQ step.
   _, metrics = plain_update(tfds_dir, "pretrain")
