@@ -56,16 +56,9 @@ def uses_jac_reg(config, phase: str, step: int) -> bool:
   `jac_reg_prob` (a draw fixed by seed and step; the 2021 reference's `jac_loss_freq`). The training
   loop compiles one update per value, so steps without the penalty do not pay for it.
   """
-  if phase == "pretrain":
-    return config.pretrain_jac_reg > 0
-  if phase != "deq":
+  if phase not in ("pretrain", "deq") or _penalty_weight(config, step, phase, np.where) <= 0:
     return False
-  if step < config.get("jac_reg_from_step", 0):
-    return False
-  switched = 0 < config.jac_reg_until_step <= step
-  if (config.jac_reg_after if switched else config.jac_reg) <= 0:
-    return False
-  return config.jac_reg_prob >= 1 or step_draw(config, step, _JAC_STREAM) < config.jac_reg_prob
+  return phase == "pretrain" or config.jac_reg_prob >= 1 or step_draw(config, step, _JAC_STREAM) < config.jac_reg_prob
 
 
 _JAC_STREAM, _CAP_STREAM = 1, 2
@@ -91,13 +84,18 @@ def jac_reg_weight(config, step, phase: str = "deq") -> jax.Array:
   DEQ steps: 0 before jac_reg_from_step, then jac_reg, then jac_reg_after from jac_reg_until_step on;
   unrolled steps: pretrain_jac_reg.
   """
+  return jnp.asarray(_penalty_weight(config, step, phase, jnp.where), jnp.float32)
+
+
+def _penalty_weight(config, step, phase: str, where):
+  """The schedule `jac_reg_weight` documents, with `where` np.where (host steps) or jnp.where (traced)."""
   if phase == "pretrain":
-    return jnp.asarray(config.pretrain_jac_reg, jnp.float32)
-  weight = jnp.asarray(config.jac_reg, jnp.float32)
+    return config.pretrain_jac_reg
+  weight = config.jac_reg
   if config.jac_reg_until_step > 0:
-    weight = jnp.where(step < config.jac_reg_until_step, weight, jnp.float32(config.jac_reg_after))
+    weight = where(step < config.jac_reg_until_step, weight, config.jac_reg_after)
   from_step = config.get("jac_reg_from_step", 0)
-  return weight if from_step <= 0 else jnp.where(step < from_step, jnp.float32(0.0), weight)
+  return weight if from_step <= 0 else where(step < from_step, 0.0, weight)
 
 
 def settle_overrides(config, step, phase: str) -> dict:

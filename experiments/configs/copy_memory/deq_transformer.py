@@ -3,8 +3,9 @@ r"""Copy memory (T = 400), DEQ-Transformer: the language models' cell and DEQ la
 python -m experiments.main --config=experiments/configs/copy_memory/deq_transformer.py \
   --workdir=results/copy_memory/deq_transformer
 
-The recipe (pretrain the unrolled cell 3 applications deep, then the DEQ with a Jacobian penalty of 0.5 dropped
-to 0.05 at step 2,400, gradients clipped at 3x their running norm) and how it was found:
+The recipe (pretrain the unrolled cell 3 applications deep; then the DEQ with the fixed-point correction on the
+forward solve's iterates after 3 and 6 steps, weight 0.5; the Jacobian penalty 0.5 from step 1,000, when the
+copy has come back, dropped to 0.05 at step 2,400; gradients clipped at 3x their running norm) and how it was found:
 docs/notes/copy_memory_recipe.md; results: docs/results/copy_memory.md. Attention stores each head's
 probabilities instead of recomputing them in every VJP (`remat_attention=False`): the same numbers, DEQ
 steps ~15 % faster for ~1.7x the step's temporary memory (docs/benchmarks.md); the committed results
@@ -19,10 +20,12 @@ from experiments.configs.copy_memory.common import base
 def get_config():
   model = dict(
     d_model=32, n_head=2, d_inner=72, max_iter=12, backward_max_iter=12, rtol=1e-3, backward_rtol=1e-3,
-    pretrain_depth=3, remat_attention=False,
+    pretrain_depth=3, remat_attention=False, correction_steps=(3, 6),
   )  # fmt: skip
   # pretrain_depth 3: the recipe's pretraining as it was found, when the unrolled phase applied f once more after
   # its 2 layers; 2 applications made the switch to the equilibrium lose the copy for longer (notes item 19).
+  # The correction without the penalty regains the copy within ~150 DEQ steps of the switch, with unconverged
+  # solves; the penalty from step 1,000 on brings the solves back to their tolerances (notes items 20-21).
   return base(
     "deq_transformer",
     "deq_transformer_classifier",
@@ -30,7 +33,9 @@ def get_config():
     model,
     num_train_steps=4200,
     pretrain_steps=781,
+    correction_weight=0.5,
     jac_reg=0.5,
+    jac_reg_from_step=1000,
     jac_reg_until_step=2400,
     jac_reg_after=0.05,
     train_budget_seconds=7200,
