@@ -138,7 +138,7 @@ def transformer_body(model, emb, memory: Memory, dropout_key, unrolled: bool, ja
     parts.append(
       cell_output(
         model.cell.f, weights, inputs, z0, c, unrolled=unrolled, training=dropout_key is not None, jac_key=jac_key,
-        **solver_overrides,
+        shared_inputs=("r_k",), **solver_overrides,
       )
     )  # fmt: skip
     # As the reference, a later sub-sequence attends to the previous one's equilibria only.

@@ -201,6 +201,7 @@ def cell_output(
   jac_key=None,
   settle_iters=0,
   radius_key=None,
+  shared_inputs: tuple[str, ...] = (),
   **solver_overrides,
 ):
   """A DEQ model's cell stage: the equilibrium (or the unrolled state), what the softmax reads, and more.
@@ -216,7 +217,73 @@ def cell_output(
     `settings.feed_fz`, else z; the forward `SolveInfo` (None when unrolled); `CellExtras` (the
     per-sample `jacobian_penalty` when `jac_key` is given; the fixed-point correction's outputs when
     training a solve with `settings.correction_steps`). Every state leaf has the batch on axis 0.
+
+  Under a mesh of more than one device with automatic axes (`jax.set_mesh` or
+  `jax.sharding.use_abstract_mesh`; the experiments' steps trace under theirs), each device runs the
+  stage on its own samples (`jax.shard_map`, the batch split over all the mesh's axes), as the
+  reference's DataParallel replicas each solve their own chunk: a device's solves stop when its
+  samples converge, and no loop holds a collective. (Partitioned by the compiler instead, every
+  solver iteration all-reduces its convergence test and the weights' gradients, and XLA's CPU
+  runtime can deadlock on collectives inside loops: a test run aborted after 300 s with three
+  devices waiting in a loop's all-reduce and the fourth never arriving.) The gradients of the
+  weights and of `shared_inputs` are summed over the devices once, at the stage's boundary.
+  Per-sample results are those of the whole batch to rounding; `jac_key` and `radius_key` draw on
+  each device its own vectors (the key folded with the device's index). `weights` have no batch
+  axis; every leaf of `inputs` has the batch on axis 0 except, when `inputs` is a dict, those under
+  the keys `shared_inputs`.
   """
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.size > 1:
+    return _per_device(
+      mesh, step, weights, inputs, z0, settings, unrolled=unrolled, training=training, jac_key=jac_key,
+      settle_iters=settle_iters, radius_key=radius_key, shared_inputs=shared_inputs, **solver_overrides,
+    )  # fmt: skip
+  return _cell_output(
+    step, weights, inputs, z0, settings, unrolled=unrolled, training=training, jac_key=jac_key,
+    settle_iters=settle_iters, radius_key=radius_key, **solver_overrides,
+  )  # fmt: skip
+
+
+def _per_device(mesh, step, weights, inputs, z0, settings, *, shared_inputs, **options):
+  """`_cell_output` under `jax.shard_map`: the batch split over every axis of `mesh`, the rest replicated."""
+  if shared_inputs and (not isinstance(inputs, dict) or not set(shared_inputs) <= set(inputs)):
+    keys = sorted(inputs) if isinstance(inputs, dict) else f"none (inputs is a {type(inputs).__name__})"
+    raise ValueError(f"shared_inputs must name keys of the inputs dict; got {shared_inputs!r}, keys {keys}.")
+  batch = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+  replicated = jax.sharding.PartitionSpec()
+  shape = jax.tree.leaves(z0)[0].shape
+  if not shape or shape[0] % mesh.size:
+    raise ValueError(f"z0 {shape}: its batch axis (0) does not split over the mesh's {mesh.size} devices.")
+  # Arrays go in as arguments (closed-over tracers would count as replicated); the rest stays static.
+  arrays = {
+    name: options.pop(name) for name in ("jac_key", "radius_key", "backward_probe") if options.get(name) is not None
+  }
+  if isinstance(options.get("settle_iters"), jax.Array):
+    arrays["settle_iters"] = options.pop("settle_iters")
+  specs = {name: batch if name == "backward_probe" else replicated for name in arrays}
+  in_batch = lambda tree, shared=False: jax.tree.map(lambda _: replicated if shared else batch, tree)
+  input_specs = (
+    {k: in_batch(v, k in shared_inputs) for k, v in inputs.items()} if isinstance(inputs, dict) else in_batch(inputs)
+  )
+
+  def local(weights, inputs, z0, arrays):
+    device = jax.lax.axis_index(tuple(mesh.axis_names))
+    for name in ("jac_key", "radius_key"):  # each device its own draws
+      if name in arrays:
+        arrays[name] = jax.random.fold_in(arrays[name], device)
+    return _cell_output(step, weights, inputs, z0, settings, **options, **arrays)
+
+  in_specs = (in_batch(weights, shared=True), input_specs, in_batch(z0), specs)
+  # check_vma off: the cotangent of a replicated argument is then summed over the devices (psum).
+  run = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=batch, check_vma=False)
+  return run(weights, inputs, z0, arrays)
+
+
+def _cell_output(
+  step, weights, inputs, z0, settings: DEQSettings, *, unrolled: bool, training: bool, jac_key=None, settle_iters=0,
+  radius_key=None, **solver_overrides,
+):  # fmt: skip
+  """`cell_output` on the devices at hand (one, or those of an enclosing shard_map)."""
   if unrolled and (solver_overrides or radius_key is not None):
     asked = sorted(solver_overrides) + ([] if radius_key is None else ["radius_key"])
     raise TypeError(

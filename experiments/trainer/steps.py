@@ -24,9 +24,11 @@ def model_forward(rt: Runtime, params, tokens, targets, memory, *, key, phase, p
   """The model's `ModelOutput` for one batch in phase `phase` (`solver`: `fixed_point` options of DEQ phases)."""
   model = nnx.merge(rt.graphdef, params, rt.rest)
   extra = solver if probe is None else {"backward_probe": probe, **solver}
-  return model(
-    tokens, targets, memory, dropout_key=key, dtype=rt.dtype, unrolled=phase == "pretrain", jac_key=jac_key, **extra
-  )
+  # Under the run's mesh, each device solves its own samples (`deqjax.nn.deq_layer.cell_output`).
+  with jax.sharding.use_abstract_mesh(rt.mesh.abstract_mesh):
+    return model(
+      tokens, targets, memory, dropout_key=key, dtype=rt.dtype, unrolled=phase == "pretrain", jac_key=jac_key, **extra
+    )
 
 
 def train_step(

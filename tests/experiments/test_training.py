@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -34,6 +35,7 @@ from tiny_training import (
 from deqjax.data import OrderedLMStream
 from experiments import trainer
 from experiments.trainer import loop, schedules, steps
+from experiments.trainer.runtime import to_global
 
 DEFAULT_CONFIG = os.path.join(REPO, "experiments", "configs", "default.py")
 
@@ -237,6 +239,62 @@ def test_four_devices_match_one(tfds_dir):
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
   for a, b in zip(results[0][1], results[1][1], strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+_COLLECTIVE = re.compile(r"= .*\b(all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all)(-start)?\(")
+
+
+def _collectives(hlo: str) -> tuple[int, int, int]:
+  """(collectives reachable from a while loop's body or condition, collectives in all, while loops) of HLO text."""
+  computations, current = {}, None
+  for line in hlo.splitlines():
+    header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+    if header:
+      current = computations.setdefault(header.group(1), [])
+    elif current is not None:
+      current.append(line)
+  called = lambda lines: re.findall(
+    r"(?:body|condition|to_apply|calls|branch_computations)=\{?%?([\w.\-]+)", "\n".join(lines)
+  )
+  loops = [
+    re.findall(r"(?:body|condition)=%?([\w.\-]+)", line)
+    for ls in computations.values()
+    for line in ls
+    if " while(" in line
+  ]
+  inside, pending = set(), [name for pair in loops for name in pair]
+  while pending:
+    name = pending.pop()
+    if name in computations and name not in inside:
+      inside.add(name)
+      pending += called(computations[name])
+  count = lambda names: sum(1 for n in names for line in computations[n] if _COLLECTIVE.search(line))
+  return count(inside), count(computations), len(loops)
+
+
+def test_four_device_steps_hold_no_collective_inside_a_loop(tfds_dir):
+  # Each device solves its own samples (cell_output under the mesh): a collective inside a solver's loop
+  # (the convergence test, the weights' gradients) made XLA's CPU runtime deadlock and abort a test run.
+  config = tiny_config(
+    tfds_dir, model=dict(correction_steps=(2, 4)), correction_weight=0.5, jac_reg=0.5, spectral_radius_every=1
+  )
+  rt, params = trainer.setup(config)
+  opt_state = jax.jit(rt.optimizer.init)(params)
+  memory = trainer.init_memory(rt, params, config.batch_size)
+  x = to_global(np.zeros((config.batch_size, config.tgt_len), np.int32), rt.batch_sharding, config.batch_size)
+  programs = {
+    "deq step, correction, penalty, radius": functools.partial(
+      trainer.train_step, rt, "deq", use_jac=True, use_radius=True
+    ),
+    "pretraining step": functools.partial(trainer.train_step, rt, "pretrain", use_jac=False),
+  }
+  for name, program in programs.items():
+    inside, total, loops = _collectives(jax.jit(program).lower(params, opt_state, memory, x, x, 0).compile().as_text())
+    assert loops >= 1 and total >= 1, (name, loops, total)  # loops, and a program split over the four devices
+    assert inside == 0, f"{name}: {inside} of its {total} collectives run inside a loop"
+  evaluate = jax.jit(functools.partial(steps.eval_step, rt, "deq"))
+  inside, total, loops = _collectives(evaluate.lower(params, memory, x, x).compile().as_text())
+  assert loops >= 1 and total >= 1 and inside == 0, (inside, total, loops)
 
 
 def test_non_finite_steps_are_skipped_then_stop(tfds_dir, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import pytest
 
 import deqjax
 from deqjax.nn import solve_cell
+from deqjax.nn.deq_layer import DEQSettings, cell_output
 
 
 def linear(a, z, x):
@@ -92,3 +93,22 @@ def test_sub_sequences_split_a_segment_and_join_their_solves():
   np.testing.assert_allclose(info.trace, [[2.0, 0.5, 0.01], [1.0, 0.8, 0.7]])
   np.testing.assert_allclose(jac, [(2 * 1.0 + 6 * 3.0) / 8, (2 * 4.0 + 0.0) / 8])
   assert join_sub_sequences([first]) is first
+
+
+def test_per_device_stage_refuses_what_it_cannot_split(cell):
+  a, x, c = cell
+  z0 = jnp.zeros((4, 5))
+  inputs = {"x": jnp.concatenate([x, x[:1]]), "c": c[0]}
+  stage = lambda z0, inputs, **kw: cell_output(
+    lambda a, z, i: linear(a, z, i["x"]), a, inputs, z0, DEQSettings(), unrolled=False, training=False, **kw
+  )
+  with jax.set_mesh(jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))):
+    with pytest.raises(ValueError, match=r"z0 \(3, 5\): its batch axis \(0\) does not split over the mesh's 4 devices"):
+      stage(jnp.zeros((3, 5)), inputs, shared_inputs=("c",))
+    with pytest.raises(
+      ValueError, match=r"shared_inputs must name keys of the inputs dict; got \('r_k',\), keys \['c', 'x'\]"
+    ):
+      stage(z0, inputs, shared_inputs=("r_k",))
+    z, _, info, _ = stage(z0, inputs, shared_inputs=("c",), tol=1e-12, rtol=0.0, max_iter=100)  # c: replicated
+  np.testing.assert_allclose(z, np.linalg.solve(np.eye(5) - np.asarray(a), np.asarray(inputs["x"]).T).T, atol=1e-10)
+  assert info.nstep.shape == (4,) and bool(jnp.all(info.converged))
