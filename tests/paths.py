@@ -8,8 +8,9 @@ TEST_DATA = os.path.join(REPO, "tests", "data")
 
 # XLA flags of the tests and of the subprocesses they start (one device there; conftest.py says why).
 # The collective timeout: with four host devices on two cores and the suite's two workers busy, a device's
-# thread can wait longer than XLA's 40 s for the others to reach an all-reduce, and XLA then aborts the
-# process (seen once, in a resumed run of test_sigkill_and_resume_is_bitwise_identical); 300 s lets it wait.
+# thread may wait long for the others to reach an all-reduce; 300 s (XLA's default is 40 s) lets it wait.
+# The aborts once blamed on that wait (test_sigkill_and_resume_is_bitwise_identical, test_faults) were a
+# deadlock of all-reduces inside solver loops, which no compiled step holds now (deqjax.nn.deq_layer.cell_output).
 SUBPROCESS_XLA_FLAGS = (
   "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
   " --xla_cpu_collective_call_terminate_timeout_seconds=300"
