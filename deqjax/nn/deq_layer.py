@@ -268,10 +268,9 @@ def _per_device(mesh, step, weights, inputs, z0, settings, *, shared_inputs, **o
 
   def local(weights, inputs, z0, arrays):
     device = jax.lax.axis_index(tuple(mesh.axis_names))
-    for name in ("jac_key", "radius_key"):  # each device its own draws
-      if name in arrays:
-        arrays[name] = jax.random.fold_in(arrays[name], device)
-    return _cell_output(step, weights, inputs, z0, settings, **options, **arrays)
+    keyed = ("jac_key", "radius_key")  # each device its own draws
+    local_arrays = {name: jax.random.fold_in(a, device) if name in keyed else a for name, a in arrays.items()}
+    return _cell_output(step, weights, inputs, z0, settings, **options, **local_arrays)
 
   in_specs = (in_batch(weights, shared=True), input_specs, in_batch(z0), specs)
   # check_vma off: the cotangent of a replicated argument is then summed over the devices (psum).

@@ -129,6 +129,12 @@ def _cross_field_problems(config) -> list[str]:
       f"config.jac_reg_from_step={start} with config.jac_reg_until_step={until}: jac_reg would weigh no step"
       " (from_step must come before until_step)"
     )
+  anneal = config.get("lr_anneal_from_step", 0)
+  if anneal and anneal >= config.num_train_steps:
+    problems.append(
+      f"config.lr_anneal_from_step={anneal} with config.num_train_steps={config.num_train_steps}: the linear"
+      " anneal to 0 at num_train_steps must start before it (0: off)"
+    )
   ratio = config.grad_clip_ratio
   if 0 < ratio <= 1:
     problems.append(

@@ -19,20 +19,37 @@ PHASES = ("pretrain", "deq", "layers")
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW with linear warmup then cosine decay to 0 at num_train_steps, after global-norm clipping
-  (fixed, then relative to the running norm when grad_clip_ratio > 0)."""
-  warmup = min(config.warmup_steps, config.num_train_steps)
-  schedule = optax.warmup_cosine_decay_schedule(
-    init_value=0.0 if warmup else config.learning_rate,
-    peak_value=config.learning_rate,
-    warmup_steps=warmup,
-    decay_steps=max(config.num_train_steps, warmup + 1),
-    end_value=0.0,
-  )
+  """AdamW after global-norm clipping (fixed, then relative to the running norm when grad_clip_ratio > 0),
+  its learning rate `learning_rate_at`."""
   clips = [optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity()]
   if config.grad_clip_ratio > 0:  # only then: checkpoints of runs without it keep their state's structure
     clips.append(clip_relative_to_running_norm(config.grad_clip_ratio, config.grad_clip_ratio_decay))
-  return optax.chain(*clips, optax.adamw(schedule, weight_decay=config.weight_decay))
+  return optax.chain(*clips, optax.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay))
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  """The learning rate of update `count` (optax's count: the number of updates applied before it).
+
+  Linear warmup over `warmup_steps`, then cosine decay reaching 0 at `lr_decay_steps` (0: at
+  num_train_steps). With `lr_anneal_from_step` A > 0, from update A on the rate instead falls
+  linearly from the cosine's value at A to 0 at num_train_steps N: lr(t) = cos(A) (N - t) / (N - A),
+  so a run can end within a time budget on a low rate while its earlier steps keep the schedule of
+  a longer one.
+  """
+  decay_steps = config.get("lr_decay_steps", 0) or config.num_train_steps
+  warmup = min(config.warmup_steps, decay_steps)
+  cosine = optax.warmup_cosine_decay_schedule(
+    init_value=0.0 if warmup else config.learning_rate,
+    peak_value=config.learning_rate,
+    warmup_steps=warmup,
+    decay_steps=max(decay_steps, warmup + 1),
+    end_value=0.0,
+  )
+  start = config.get("lr_anneal_from_step", 0)
+  if start <= 0:
+    return cosine
+  anneal = optax.linear_schedule(cosine(start), 0.0, transition_steps=config.num_train_steps - start)
+  return optax.join_schedules([cosine, anneal], boundaries=[start])
 
 
 def phase_at(config, step: int) -> str:

@@ -10,7 +10,9 @@ import subprocess
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from absl import flags
@@ -395,6 +397,41 @@ def test_jacobian_penalty_weight_switches_at_jac_reg_until_step(tfds_dir):
   assert not trainer.uses_jac_reg(config, "pretrain", 0)
   with pytest.raises(ValueError, match=r"jac_reg_after=-0.1"):
     trainer.check_config(tiny_config(tfds_dir, jac_reg_after=-0.1))
+
+
+def test_learning_rate_follows_the_cosine_then_anneals_linearly_from_lr_anneal_from_step(tfds_dir):
+  # Warmup W = 10 to 1e-2, cosine over D = lr_decay_steps = 200, then from A = 60 a line to 0 at N = 100.
+  peak, w, d, a, n = 1e-2, 10, 200, 60, 100
+  cosine = lambda t: peak * t / w if t < w else peak * 0.5 * (1 + np.cos(np.pi * (t - w) / (d - w)))
+  expected = lambda t: cosine(t) if t < a else cosine(a) * (n - t) / (n - a)
+  fields = dict(learning_rate=peak, warmup_steps=w, num_train_steps=n, lr_decay_steps=d, lr_anneal_from_step=a)
+  config = tiny_config(tfds_dir, grad_clip=0.0, grad_clip_ratio=0.0, weight_decay=0.0, **fields)
+  trainer.check_config(config)
+  steps_at = (0, 5, 10, 35, 59, 60, 61, 80, 99, 100)
+  rates = [float(schedules.learning_rate_schedule(config)(t)) for t in steps_at]
+  np.testing.assert_allclose(rates, [expected(t) for t in steps_at], rtol=1e-5, atol=1e-12)
+  assert rates[-1] == 0.0 and rates[6] < cosine(61) - 1e-5  # the line lies below the cosine it leaves
+  # Without the anneal and with lr_decay_steps 0, the cosine reaches 0 at num_train_steps.
+  plain = tiny_config(tfds_dir, learning_rate=peak, warmup_steps=w, num_train_steps=n)
+  plain_cosine = lambda t: peak * 0.5 * (1 + np.cos(np.pi * (t - w) / (n - w)))
+  np.testing.assert_allclose(
+    [float(schedules.learning_rate_schedule(plain)(t)) for t in (10, 55, 100)], [plain_cosine(t) for t in (10, 55, 100)]
+  )
+  # The optimizer applies the rate of its own update count t: AdamW's first moments from zero at count t give
+  # the update -lr(t) m / (sqrt(v) + eps), m = (1 - b1) g / (1 - b1^(t+1)), v = (1 - b2) g^2 / (1 - b2^(t+1)).
+  optimizer = schedules.make_optimizer(config)
+  params = {"w": jnp.array([0.5, -2.0, 3.0])}
+  grads = {"w": jnp.array([0.3, -1e-3, 2.0])}
+  for t in (35, 80):
+    state = optax.tree_utils.tree_set(optimizer.init(params), count=jnp.asarray(t, jnp.int32))
+    updates, _ = optimizer.update(grads, state, params)
+    m = 0.1 * grads["w"] / (1 - 0.9 ** (t + 1))
+    v = 0.001 * grads["w"] ** 2 / (1 - 0.999 ** (t + 1))
+    np.testing.assert_allclose(updates["w"], -expected(t) * m / (jnp.sqrt(v) + 1e-8), rtol=1e-5)
+  with pytest.raises(ValueError, match=r"lr_anneal_from_step=100 with config.num_train_steps=100"):
+    trainer.check_config(tiny_config(tfds_dir, num_train_steps=100, lr_anneal_from_step=100))
+  with pytest.raises(ValueError, match=r"lr_decay_steps=-1"):
+    trainer.check_config(tiny_config(tfds_dir, lr_decay_steps=-1))
 
 
 def test_jacobian_penalty_starts_at_jac_reg_from_step(tfds_dir):
