@@ -90,8 +90,11 @@ def one_update(tfds_dir, step, phase="deq", model=None, max_iter=None, use_radiu
   before = jax.tree.leaves(params)
   memory = trainer.init_memory(rt, params, config.batch_size)
   x, y = (jax.device_put(a, rt.batch_sharding) for a in OrderedLMStream(rt.task.data.splits["train"], 8, 16).segment(0))
-  use_jac = trainer.uses_jac_reg(config, phase, step)
-  update = functools.partial(trainer.train_step, rt, phase, use_jac=use_jac, max_iter=max_iter, use_radius=use_radius)
+  use_jac, use_correction = trainer.uses_jac_reg(config, phase, step), trainer.uses_correction(config, phase, step)
+  update = functools.partial(
+    trainer.train_step, rt, phase, use_jac=use_jac, max_iter=max_iter, use_radius=use_radius,
+    use_correction=use_correction,
+  )  # fmt: skip
   new_params, _, _, metrics = jax.jit(update)(params, rt.optimizer.init(params), memory, x, y, step)
   updates = [np.asarray(a) - np.asarray(b) for a, b in zip(jax.tree.leaves(new_params), before, strict=True)]
   return updates, metrics

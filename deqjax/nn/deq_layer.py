@@ -201,6 +201,7 @@ def cell_output(
   jac_key=None,
   settle_iters=0,
   radius_key=None,
+  correct: bool = True,
   shared_inputs: tuple[str, ...] = (),
   **solver_overrides,
 ):
@@ -208,7 +209,9 @@ def cell_output(
 
   `unrolled`: apply the cell `settings.pretrain_depth` times instead of solving; `settle_iters` is
   `solve_cell`'s (unrolled only); `radius_key` asks for the spectral radius at z* (solves only;
-  the models pass it on with the solver overrides); `solver_overrides` override
+  the models pass it on with the solver overrides); `correct` (static): False skips the fixed-point
+  correction of `settings.correction_steps` in this call (a trainer's schedule turning it off, the
+  update compiled once per value); `solver_overrides` override
   `settings.solver_options`. An unrolled call given solver overrides or a `radius_key` is a
   TypeError naming them (they would have no effect).
 
@@ -236,11 +239,12 @@ def cell_output(
   if not mesh.empty and mesh.size > 1:
     return _per_device(
       mesh, step, weights, inputs, z0, settings, unrolled=unrolled, training=training, jac_key=jac_key,
-      settle_iters=settle_iters, radius_key=radius_key, shared_inputs=shared_inputs, **solver_overrides,
+      settle_iters=settle_iters, radius_key=radius_key, correct=correct, shared_inputs=shared_inputs,
+      **solver_overrides,
     )  # fmt: skip
   return _cell_output(
     step, weights, inputs, z0, settings, unrolled=unrolled, training=training, jac_key=jac_key,
-    settle_iters=settle_iters, radius_key=radius_key, **solver_overrides,
+    settle_iters=settle_iters, radius_key=radius_key, correct=correct, **solver_overrides,
   )  # fmt: skip
 
 
@@ -280,7 +284,7 @@ def _per_device(mesh, step, weights, inputs, z0, settings, *, shared_inputs, **o
 
 def _cell_output(
   step, weights, inputs, z0, settings: DEQSettings, *, unrolled: bool, training: bool, jac_key=None, settle_iters=0,
-  radius_key=None, **solver_overrides,
+  radius_key=None, correct=True, **solver_overrides,
 ):  # fmt: skip
   """`cell_output` on the devices at hand (one, or those of an enclosing shard_map)."""
   if unrolled and (solver_overrides or radius_key is not None):
@@ -289,7 +293,7 @@ def _cell_output(
       f"An unrolled call applies the cell pretrain_depth={settings.pretrain_depth} times and solves nothing;"
       f" it takes none of {asked} (options of a solve). settle_iters is its own."
     )
-  correcting = training and not unrolled and bool(settings.correction_steps)
+  correcting = correct and training and not unrolled and bool(settings.correction_steps)
   if unrolled:
     z, info = solve_cell(step, weights, inputs, z0, unroll_depth=settings.pretrain_depth, settle_iters=settle_iters)
   else:

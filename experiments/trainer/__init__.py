@@ -31,7 +31,7 @@ from experiments.trainer.runtime import (
   setup,
   to_global,
 )
-from experiments.trainer.schedules import final_phase, make_optimizer, phase_at, uses_jac_reg
+from experiments.trainer.schedules import final_phase, make_optimizer, phase_at, uses_correction, uses_jac_reg
 from experiments.trainer.steps import eval_runtime, evaluate_task, init_memory, model_forward, train_step
 from experiments.trainer.workdir import WorkdirBusy, exclusive
 
@@ -65,5 +65,6 @@ __all__ = [
   "train_step",
   "WorkdirBusy",
   "exclusive",
+  "uses_correction",
   "uses_jac_reg",
 ]

@@ -112,6 +112,12 @@ def _cross_field_problems(config) -> list[str]:
       f"config.correction_weight={weight} with config.model.correction_steps={steps}: the fixed-point correction"
       " needs both (the kept iterates and the weight of their loss), or neither"
     )
+  until = config.get("correction_until_step", 0)
+  if until and not steps:
+    problems.append(
+      f"config.correction_until_step={until} with config.model.correction_steps={steps}: it ends a fixed-point"
+      " correction the model does not have; leave it 0"
+    )
   delta = config.get("train_max_iter_delta", 0)
   if steps and delta and steps[-1] > model_max_iter - delta:
     problems.append(

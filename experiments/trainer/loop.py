@@ -20,7 +20,7 @@ from experiments.trainer.checkpoints import Progress, checkpoint_manager, restor
 from experiments.trainer.host_cpu import PROC_STAT, StealMeter
 from experiments.trainer.metrics import MetricsWriter, StepMetrics
 from experiments.trainer.runtime import Runtime, setup, to_global
-from experiments.trainer.schedules import phase_at, train_max_iter, uses_jac_reg
+from experiments.trainer.schedules import phase_at, train_max_iter, uses_correction, uses_jac_reg
 from experiments.trainer.steps import evaluate_task, init_memory, train_step
 from experiments.trainer.workdir import exclusive
 
@@ -131,9 +131,12 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
       cap = train_max_iter(c, phase, progress.step, model_max_iter)
       every = c.get("spectral_radius_every", 0)
       use_radius = phase == "deq" and every > 0 and (progress.step + 1) % every == 0
+      use_correction = uses_correction(c, phase, progress.step)
       update = rt.jitted(
-        ("train", phase, use_jac, cap, use_radius),
-        functools.partial(train_step, rt, phase, use_jac=use_jac, max_iter=cap, use_radius=use_radius),
+        ("train", phase, use_jac, cap, use_radius, use_correction),
+        functools.partial(
+          train_step, rt, phase, use_jac=use_jac, max_iter=cap, use_radius=use_radius, use_correction=use_correction
+        ),
         donate_argnums=(0, 1),
       )
       params, opt_state, memory, metrics = update(params, opt_state, memory, x, y, progress.step)

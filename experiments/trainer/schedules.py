@@ -78,6 +78,13 @@ def uses_jac_reg(config, phase: str, step: int) -> bool:
   return phase == "pretrain" or config.jac_reg_prob >= 1 or step_draw(config, step, _JAC_STREAM) < config.jac_reg_prob
 
 
+def uses_correction(config, phase: str, step: int) -> bool:
+  """Whether DEQ training step `step` applies the fixed-point correction: `correction_weight` > 0 and the step
+  before `correction_until_step` (0: throughout). Steps without it compile an update that skips it."""
+  until = config.get("correction_until_step", 0)
+  return phase == "deq" and config.get("correction_weight", 0.0) > 0 and (until == 0 or step < until)
+
+
 _JAC_STREAM, _CAP_STREAM = 1, 2
 
 

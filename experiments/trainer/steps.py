@@ -33,7 +33,7 @@ def model_forward(rt: Runtime, params, tokens, targets, memory, *, key, phase, p
 
 def train_step(
   rt: Runtime, phase: str, params, opt_state, memory, tokens, targets, step, *, use_jac: bool, max_iter=None,
-  use_radius: bool = False,
+  use_radius: bool = False, use_correction: bool = True,
 ):  # fmt: skip
   """One update; a non-finite loss or gradient leaves parameters, optimizer state and memory unchanged.
 
@@ -41,6 +41,7 @@ def train_step(
   weight follows the traced `step`, so one compiled update serves a change from one positive
   weight to another. max_iter: this step's forward cap (`train_max_iter`; None: the model's).
   use_radius: also estimate the spectral radius of df/dz at z* (`spectral_radius_every`; DEQ steps).
+  use_correction: apply the model's fixed-point correction, if it has one (`uses_correction` at this step).
   """
   key = jax.random.fold_in(dropout_base_key(rt.config), step)
   dropout_key, jac_key = jax.random.split(key)
@@ -49,6 +50,8 @@ def train_step(
   overrides = settle_overrides(rt.config, step, phase)
   if max_iter is not None:
     overrides["max_iter"] = max_iter
+  if not use_correction and phase == "deq":
+    overrides["correct"] = False
   if use_radius and phase == "deq":  # its own key: the dropout and probe keys stay those of every other step
     overrides["radius_key"] = jax.random.fold_in(key, 2)
 

@@ -113,6 +113,28 @@ def test_fixed_point_correction_enters_the_loss_with_its_weight(tfds_dir):
       trainer.check_config(tiny_config(tfds_dir, model=model, **fields))
 
 
+def test_fixed_point_correction_stops_at_correction_until_step(tfds_dir):
+  # Before correction_until_step = 3 the update is the always-correcting one; from it on, the plain one.
+  steps = dict(correction_steps=(1, 4))
+  fields = dict(correction_weight=0.5, correction_until_step=3)
+  for step, correcting in ((2, True), (3, False)):
+    scheduled, metrics = one_update(tfds_dir, step, model=steps, **fields)
+    reference, _ = (
+      one_update(tfds_dir, step, model=steps, correction_weight=0.5) if correcting else one_update(tfds_dir, step)
+    )
+    assert max_difference(scheduled, reference) < SAME
+    assert ("correction_loss_0" in metrics) == correcting
+  config = tiny_config(tfds_dir, model=steps, **fields)
+  assert [trainer.uses_correction(config, "deq", s) for s in (0, 2, 3, 50)] == [True, True, False, False]
+  assert not trainer.uses_correction(config, "pretrain", 0)
+  config.correction_until_step = 0
+  assert trainer.uses_correction(config, "deq", 10**6)
+  with pytest.raises(ValueError, match=r"correction_until_step=3 with config.model.correction_steps=\(\)"):
+    trainer.check_config(tiny_config(tfds_dir, correction_until_step=3))
+  with pytest.raises(ValueError, match=r"correction_until_step=-1"):
+    trainer.check_config(tiny_config(tfds_dir, model=steps, correction_weight=0.5, correction_until_step=-1))
+
+
 def test_spectral_radius_monitoring_leaves_the_update_alone(tfds_dir):
   # Two steps each way: few enough that rounding differences between the two programs stay at rounding level.
   few = dict(max_iter=2, backward_max_iter=2)
