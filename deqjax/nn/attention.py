@@ -61,8 +61,27 @@ def _one_head(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int, window: int | None):
   return jnp.einsum("bqk,bkd->bqd", probs, v)
 
 
+def _causal_chunks(q, k, v, r_k, r_w_bias, r_r_bias, mlen: int, window: int | None, chunks: int):
+  """`_one_head` over `chunks` consecutive blocks of queries, each against only the keys it may see.
+
+  Queries [a, e) of the segment (absolute positions m + a .. m + e - 1) see keys [0, m + e): a
+  segment of e - a queries with memory m + a, whose position embeddings are the last m + e rows
+  of r_k (distances m + e - 1 .. 0). The scores of the keys no query of a block sees are never
+  formed: with m = 0 and n blocks, (n + 1) / 2n of the `[q, k]` score entries.
+  """
+  qlen, klen = q.shape[1], k.shape[1]
+  bounds = [round(qlen * c / chunks) for c in range(chunks + 1)]
+  outs = []
+  for a, e in zip(bounds[:-1], bounds[1:], strict=True):
+    if e > a:
+      seen = mlen + e
+      block = (q[:, a:e], k[:, :seen], v[:, :seen], r_k[klen - seen :], r_w_bias, r_r_bias)
+      outs.append(_one_head(*block, mlen + a, window))
+  return jnp.concatenate(outs, axis=1)
+
+
 def relative_attention(
-  q, k, v, r_k, r_w_bias, r_r_bias, mlen: int, window: int | None = None, remat: bool = True
+  q, k, v, r_k, r_w_bias, r_r_bias, mlen: int, window: int | None = None, remat: bool = True, query_chunks: int = 1
 ) -> jax.Array:
   """Transformer-XL attention with learnable content/position biases.
 
@@ -84,11 +103,20 @@ def relative_attention(
     mlen: memory length m (static).
     window: keys at distance >= window are masked (static; None: no limit).
     remat: rematerialise each head under differentiation (static).
+    query_chunks: compute each head in this many consecutive blocks of queries, each block scoring
+      only the keys up to its last query (static; 1: one block). Causal attention over a long
+      segment then forms about (n + 1) / 2n of the score entries (m = 0); the result is the same
+      up to the order of the softmax's sums.
 
   Returns:
     `[b, q, h, d]` attention output (softmax in at least float32).
   """
-  head = lambda args: _one_head(*args, mlen, window)
+  if isinstance(query_chunks, bool) or not isinstance(query_chunks, int) or not 1 <= query_chunks:
+    raise ValueError(f"query_chunks must be an int >= 1; got query_chunks={query_chunks!r} (q {q.shape}).")
+  if query_chunks == 1:
+    head = lambda args: _one_head(*args, mlen, window)
+  else:
+    head = lambda args: _causal_chunks(*args, mlen, window, min(query_chunks, q.shape[1]))
   head = jax.checkpoint(head) if remat else head
   heads_first = lambda a, axis: jnp.moveaxis(a, axis, 0)
   per_head = (heads_first(q, 2), heads_first(k, 2), heads_first(v, 2), heads_first(r_k, 1), r_w_bias, r_r_bias)

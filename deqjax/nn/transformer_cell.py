@@ -55,6 +55,7 @@ class DEQTransformerCell(nnx.Module):
     window: int | None = None,
     norm: str = "weight",
     remat_attention: bool = True,
+    attention_chunks: int = 1,
     rngs: nnx.Rngs,
   ):
     width = n_head * d_head
@@ -67,13 +68,15 @@ class DEQTransformerCell(nnx.Module):
     self.ff2 = WeightNormDense(d_inner, d_model, use_bias=True, norm=norm, rngs=rngs)
     self.n_head, self.d_head = n_head, d_head
     self.pre_lnorm, self.window, self.remat_attention = pre_lnorm, window, remat_attention
+    self.attention_chunks = attention_chunks
 
   @property
   def f(self):
     """The pure f(weights, z, inputs) of this cell's variant (`step` with its static options bound)."""
     return functools.partial(
-      DEQTransformerCell.step, pre_lnorm=self.pre_lnorm, window=self.window, remat_attention=self.remat_attention
-    )
+      DEQTransformerCell.step, pre_lnorm=self.pre_lnorm, window=self.window, remat_attention=self.remat_attention,
+      attention_chunks=self.attention_chunks,
+    )  # fmt: skip
 
   def prepare(
     self,
@@ -130,8 +133,9 @@ class DEQTransformerCell(nnx.Module):
     pre_lnorm: bool = False,
     window: int | None = None,
     remat_attention: bool = True,
+    attention_chunks: int = 1,
   ):
-    """f(z): `[b, q, d_model]` -> `[b, q, d_model]` (`pre_lnorm`, `window`, `remat_attention` as the cell's)."""
+    """f(z): `[b, q, d_model]` -> `[b, q, d_model]` (the static options as the cell's)."""
     b, q, _ = z.shape
     h, d = weights["r_w_bias"].shape
     qkv = dense(weights["qkv"], layer_norm(z) if pre_lnorm else z)
@@ -143,7 +147,7 @@ class DEQTransformerCell(nnx.Module):
     mlen = inputs["k_mem"].shape[1]
     attn = relative_attention(
       query, key, value, inputs["r_k"].astype(z.dtype), weights["r_w_bias"], weights["r_r_bias"], mlen, window,
-      remat=remat_attention,
+      remat=remat_attention, query_chunks=attention_chunks,
     )  # fmt: skip
     z1 = layer_norm(z + apply_mask(dense(weights["o"], attn.reshape(b, q, h * d)), inputs["attn_mask"]))
     hidden = apply_mask(jax.nn.relu(dense(weights["ff1"], z1)), inputs["ff_mask"])

@@ -38,7 +38,7 @@ class ResumeMismatch(ValueError):
 # (the weights and the training state do not depend on them), and dropout rates.
 SOLVER_FIELDS = frozenset(f.name for f in dataclasses.fields(DEQSettings)) - {"pretrain_depth", "feed_fz"}
 # Model fields that change how the same function is computed (memory for time), not what it is.
-COMPUTATION_FIELDS = frozenset({"remat_attention"})
+COMPUTATION_FIELDS = frozenset({"remat_attention", "attention_chunks"})
 # Top-level fields that shape the training state (memory rows, parameter and optimizer dtypes).
 TRAINING_STATE_FIELDS = ("batch_size", "dtype")
 

@@ -114,23 +114,26 @@ def test_models_are_causal(row):
   assert float(jnp.max(jnp.abs(a[:, 15:] - b[:, 15:]))) > 1e-4
 
 
-def test_remat_attention_changes_neither_the_loss_nor_its_gradient():
-  # Storing each head's probabilities instead of recomputing them trades memory for time only.
+def test_attention_options_change_neither_the_loss_nor_its_gradient():
+  # Storing each head's probabilities instead of recomputing them, and blocks of queries that score only the
+  # keys they see, trade memory or wasted work for time only.
   config = load("deq_transformer")
   inputs, targets = (jnp.asarray(a) for a in copy_memory.train_batch(0, 0, 2, 12))
   solve = dict(tol=1e-12, rtol=0.0, max_iter=300, backward_tol=1e-12, backward_rtol=0.0, backward_max_iter=300)
   results = []
-  for remat in (True, False):
-    config.model.remat_attention = remat
+  for remat, chunks in ((True, 1), (False, 1), (False, 3)):
+    config.model.update(remat_attention=remat, attention_chunks=chunks)
     model = build_model(config, nnx.Rngs(0))
+    assert model.cell.f.keywords["attention_chunks"] == chunks  # what the solver's f computes with
     loss = lambda model: jnp.mean(model(inputs, targets, None, dtype=F64, **solve).nll)
     results.append(nnx.jit(nnx.value_and_grad(loss))(model))
-  (loss_remat, grad_remat), (loss_stored, grad_stored) = results
-  assert abs(float(loss_stored) - float(loss_remat)) < 1e-12
   flat = lambda g: jnp.concatenate([leaf.ravel() for leaf in jax.tree.leaves(g)])
+  loss_remat, grad_remat = results[0]
   scale = float(jnp.max(jnp.abs(flat(grad_remat))))
   assert scale > 0
-  np.testing.assert_allclose(flat(grad_stored), flat(grad_remat), rtol=0, atol=1e-9 * scale)
+  for loss, grad in results[1:]:
+    assert abs(float(loss) - float(loss_remat)) < 1e-12
+    np.testing.assert_allclose(flat(grad), flat(grad_remat), rtol=0, atol=1e-9 * scale)
 
 
 def test_dilated_causal_conv_matches_its_definition():
@@ -152,6 +155,8 @@ def test_bad_model_configs_fail_clearly():
     TCNConfig(n_token=10, channels=4, levels=0, kernel=2)
   with pytest.raises(ValueError, match="d_model=30 is not divisible by n_head=4"):
     DEQTransformerClassifierConfig(n_token=10, d_model=30, n_head=4, d_inner=8)
+  with pytest.raises(ValueError, match="attention_chunks must be an int >= 1"):
+    DEQTransformerClassifierConfig(n_token=10, d_model=32, n_head=4, d_inner=8, attention_chunks=0)
   model = RecurrentClassifier(RecurrentConfig(cell="gru", n_token=10, hidden=4), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"targets \(2, 5\) must match the logits' leading axes \(2, 6\)"):
     model(jnp.zeros((2, 6), jnp.int32), jnp.zeros((2, 5), jnp.int32))

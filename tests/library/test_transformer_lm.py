@@ -94,6 +94,34 @@ def test_relative_attention_gradients_do_not_depend_on_rematerialisation():
   assert abs(from_vjp - directional) < 1e-7 * max(1.0, abs(directional))
 
 
+@pytest.mark.parametrize("m, window", [(0, None), (3, None), (3, 4)])
+def test_query_blocks_compute_the_same_attention_and_gradients(m, window):
+  # Blocks of queries that score only the keys they may see: the same outputs and VJPs as one block, for
+  # even, uneven and more-blocks-than-queries splits, with memory and a window.
+  b, q, h, d = 2, 7, 2, 3
+  k = q + m
+  keys = jax.random.split(jax.random.key(2), 8)
+  args = [
+    jax.random.normal(keys[0], (b, q, h, d), F64),
+    jax.random.normal(keys[1], (b, k, h, d), F64),
+    jax.random.normal(keys[2], (b, k, h, d), F64),
+    jax.random.normal(keys[3], (k, h, d), F64),
+    jax.random.normal(keys[4], (h, d), F64),
+    jax.random.normal(keys[5], (h, d), F64),
+  ]
+  cotangent = jax.random.normal(keys[6], (b, q, h, d), F64)
+  results = {}
+  for chunks in (1, 2, 3, 7, 20):
+    attend = lambda *a, n=chunks: relative_attention(*a, m, window=window, remat=False, query_chunks=n)
+    out, vjp = jax.vjp(attend, *args)
+    results[chunks] = (out, *vjp(cotangent))
+  for chunks in (2, 3, 7, 20):
+    for got, want in zip(results[chunks], results[1], strict=True):
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+  with pytest.raises(ValueError, match=r"query_chunks must be an int >= 1; got query_chunks=0 \(q \(2, 7, 2, 3\)\)"):
+    relative_attention(*args, m, query_chunks=0)
+
+
 @pytest.mark.parametrize("cutoffs, div_val", [((10, 25), 2), ((5, 12, 30), 3), ((), 1), ((8, 20), 1)])
 def test_adaptive_softmax_normalises_and_nll_matches(cutoffs, div_val):
   n_token, d = 40, 12
