@@ -188,7 +188,7 @@ def test_sigterm_saves_and_exits_cleanly(tfds_dir, tmp_path):
     (
       ["--config.model.n_layerz=3"],
       "FATAL Flags parsing error: --config.model.n_layerz: the config has no field 'model.n_layerz'; the fields"
-      " there are ['backward', 'backward_failure', 'backward_max_iter'",
+      " there are ['attention_chunks', 'backward', 'backward_failure'",
     ),
     (
       ["--config.learning_rat=1"],

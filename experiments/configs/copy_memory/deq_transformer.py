@@ -20,8 +20,11 @@ from experiments.configs.copy_memory.common import base
 def get_config():
   model = dict(
     d_model=32, n_head=2, d_inner=72, max_iter=12, backward_max_iter=12, rtol=1e-3, backward_rtol=1e-3,
-    pretrain_depth=3, remat_attention=False, correction_steps=(3, 6),
+    pretrain_depth=3, remat_attention=False, correction_steps=(3, 6), attention_chunks=4,
   )  # fmt: skip
+  # attention_chunks 4: attention in 4 blocks of queries, each scoring only the keys it sees (the same numbers to
+  # rounding; a DEQ update 0.66x the time of one block, docs/benchmarks.md), adopted 2026-12-03 after every
+  # result below was measured.
   # pretrain_depth 3: the recipe's pretraining as it was found, when the unrolled phase applied f once more after
   # its 2 layers; 2 applications made the switch to the equilibrium lose the copy for longer (notes item 19).
   # The correction without the penalty regains the copy within ~150 DEQ steps of the switch, with unconverged
