@@ -65,19 +65,18 @@ def test_relative_attention_matches_a_direct_sum():
   np.testing.assert_allclose(got_stored, want, rtol=1e-12, atol=1e-12)
 
 
+def attention_arguments(keys, b, q, k, h, d):
+  """Random float64 (query, key, value, r_k, r_w_bias, r_r_bias) for `relative_attention`, from six keys."""
+  shapes = [(b, q, h, d), (b, k, h, d), (b, k, h, d), (k, h, d), (h, d), (h, d)]
+  return [jax.random.normal(key, shape, F64) for key, shape in zip(keys, shapes, strict=True)]
+
+
 def test_relative_attention_gradients_do_not_depend_on_rematerialisation():
   # remat trades memory for time only: the same VJP, and both match a central finite difference.
   b, q, m, h, d = 2, 4, 3, 2, 3
   k = q + m
   keys = jax.random.split(jax.random.key(1), 9)
-  args = [
-    jax.random.normal(keys[0], (b, q, h, d), F64),
-    jax.random.normal(keys[1], (b, k, h, d), F64),
-    jax.random.normal(keys[2], (b, k, h, d), F64),
-    jax.random.normal(keys[3], (k, h, d), F64),
-    jax.random.normal(keys[4], (h, d), F64),
-    jax.random.normal(keys[5], (h, d), F64),
-  ]
+  args = attention_arguments(keys[:6], b, q, k, h, d)
   cotangent = jax.random.normal(keys[6], (b, q, h, d), F64)
   tangents = [jax.random.normal(key, a.shape, F64) for key, a in zip(jax.random.split(keys[7], 6), args, strict=True)]
   grads = {}
@@ -101,14 +100,7 @@ def test_query_blocks_compute_the_same_attention_and_gradients(m, window):
   b, q, h, d = 2, 7, 2, 3
   k = q + m
   keys = jax.random.split(jax.random.key(2), 8)
-  args = [
-    jax.random.normal(keys[0], (b, q, h, d), F64),
-    jax.random.normal(keys[1], (b, k, h, d), F64),
-    jax.random.normal(keys[2], (b, k, h, d), F64),
-    jax.random.normal(keys[3], (k, h, d), F64),
-    jax.random.normal(keys[4], (h, d), F64),
-    jax.random.normal(keys[5], (h, d), F64),
-  ]
+  args = attention_arguments(keys[:6], b, q, k, h, d)
   cotangent = jax.random.normal(keys[6], (b, q, h, d), F64)
   results = {}
   for chunks in (1, 2, 3, 7, 20):
