@@ -20,7 +20,7 @@ PHASES = ("pretrain", "deq", "layers")
 
 def make_optimizer(config) -> optax.GradientTransformation:
   """AdamW after global-norm clipping (fixed, then relative to the running norm when grad_clip_ratio > 0),
-  its learning rate `learning_rate_at`."""
+  its learning rate `learning_rate_schedule(config)`."""
   clips = [optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity()]
   if config.grad_clip_ratio > 0:  # only then: checkpoints of runs without it keep their state's structure
     clips.append(clip_relative_to_running_norm(config.grad_clip_ratio, config.grad_clip_ratio_decay))
