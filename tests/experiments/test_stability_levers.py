@@ -168,11 +168,14 @@ def test_solver_metrics_count_converged_samples_and_steps():
   m = {k: float(v) for k, v in steps.solver_metrics(info, backward).items()}
   assert m["f_converged"] == 0.5 and m["b_converged"] == 0.75 and m["converged"] == 0.0
   assert m["f_steps"] == 6.0 and m["b_steps"] == 4.25
+  # Means and medians (of an even count: the mean of the middle two) of the relative residuals.
+  np.testing.assert_allclose([m["f_residual"], m["f_residual_median"]], [0.01265, 0.01025], rtol=1e-6)
+  np.testing.assert_allclose([m["b_residual"], m["b_residual_median"]], [0.0251, 1.5e-4], rtol=1e-6)
   all_ok = info._replace(converged=jnp.ones(4, bool), status=jnp.zeros(4, jnp.int32))
   assert float(steps.solver_metrics(all_ok, backward._replace(status=jnp.zeros(4)))["converged"]) == 1.0
 
 
-def _flush(tmp_path, b_converged, threshold):
+def _flush(tmp_path, b_converged, threshold, b_residual_median=None):
   out = io.StringIO()
   sys_stdout, sys.stdout = sys.stdout, out
   try:
@@ -180,6 +183,8 @@ def _flush(tmp_path, b_converged, threshold):
     for step, b in enumerate(b_converged, start=1):
       values = dict(loss=5.0, grad_norm=1.0, finite=True, f_steps=4.0, f_residual=1e-4, b_steps=3.0, b_residual=1e-3)
       values.update(f_converged=1.0, b_converged=b, converged=float(b == 1.0))
+      if b_residual_median is not None:
+        values.update(f_residual_median=5e-5, b_residual_median=b_residual_median * step)
       writer.add(StepMetrics(step, "deq", values, 0, 0))
     record = writer.flush(len(b_converged))
     writer.close()
@@ -196,6 +201,12 @@ def test_progress_line_rates_and_the_failed_adjoint_warning(tmp_path):
   assert "100% conv" in printed and "75% conv" in printed
   assert "WARNING: step 4: the backward (adjoint) solve failed on 25% of the samples" in printed
   assert json.loads(open(tmp_path / "a" / "metrics.jsonl").readline())["converged"] == 0.25
+  assert "(res 1.0e-04, 100% conv)" in printed and "mean relative residual 1.0e-03 after 3.0 steps" in printed
   _, printed = _flush(tmp_path / "b", [1.0, 0.75, 0.5, 0.75], threshold=0.25)
   assert "WARNING" not in printed
+  # With the medians (their mean over the interval: 2e-4 x (1 + 2 + 3 + 4) / 4 = 5e-4) beside the means.
+  record, printed = _flush(tmp_path / "c", [1.0, 0.75, 0.5, 0.75], threshold=0.2, b_residual_median=2e-4)
+  assert np.isclose(record["b_residual_median"], 5e-4)
+  assert "(res 1.0e-04, median 5.0e-05, 100% conv)" in printed and "(res 1.0e-03, median 5.0e-04, 75% conv)" in printed
+  assert "mean relative residual 1.0e-03, median 5.0e-04 after 3.0 steps" in printed
   assert np.isclose(1.0 - record["b_converged"], 0.25)
