@@ -42,7 +42,7 @@ def read_run(workdir: str) -> dict | None:
 
 def row_summary(run: dict, target: float) -> dict:
   """Last held-out loss, steps, hours (wall clock, and less the time the host stole: `unstolen_hours`, the same
-  for logs from before it was measured), and when the loss first reached `target`."""
+  for logs from before it was measured), and when the loss first reached `target`: (step, hours, unstolen hours)."""
   evals = run["evals"]
   last = run["test"] or (evals[-1] if evals else {})
   loss = last.get("test_loss", last.get("heldout_loss"))
@@ -52,23 +52,33 @@ def row_summary(run: dict, target: float) -> dict:
   return {
     "loss": loss,
     "step": last.get("step", run["train"][-1]["step"] if run["train"] else 0),
-    "hours": last.get("train_seconds", 0.0) / 3600,
-    "unstolen_hours": last.get("unstolen_seconds", last.get("train_seconds", 0.0)) / 3600,
+    "hours": _hours(last)[0],
+    "unstolen_hours": _hours(last)[1],
     "finished": run["test"] is not None,
-    "reached": None if reached is None else (reached["step"], reached["train_seconds"] / 3600),
+    "reached": None if reached is None else (reached["step"], *_hours(reached)),
     "accuracy": evals[-1]["digit_accuracy"] if evals else None,
   }
+
+
+def _hours(record: dict) -> tuple[float, float]:
+  """A record's training time in hours: wall clock, and less the time the host stole (the wall clock where the
+  record predates `unstolen_seconds`)."""
+  seconds = record.get("train_seconds", 0.0)
+  return seconds / 3600, record.get("unstolen_seconds", seconds) / 3600
+
+
+def _clock(hours: float, unstolen_hours: float) -> str:
+  """'1.89' or, where the host stole a visible share, '1.95 (1.89 unstolen)' (the clock a budget "unstolen" counts)."""
+  return f"{hours:.2f}" if unstolen_hours >= 0.995 * hours else f"{hours:.2f} ({unstolen_hours:.2f} unstolen)"
 
 
 def table_line(head: str, run: dict, paper: str, target: float) -> str:
   """The Markdown row of one run after `head` (model, parameters): loss, paper, steps, hours, digits, target."""
   s = row_summary(run, target)
   status = "" if s["finished"] else " (running)"
-  reached = "not reached" if s["reached"] is None else f"step {s['reached'][0]}, {s['reached'][1]:.2f} h"
+  reached = "not reached" if s["reached"] is None else f"step {s['reached'][0]}, {_clock(*s['reached'][1:])} h"
   accuracy = "" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
-  hours = f"{s['hours']:.2f}"
-  if s["unstolen_hours"] < 0.995 * s["hours"]:  # the host stole a visible share: the run's budget clock says how much
-    hours += f" ({s['unstolen_hours']:.2f} unstolen)"
+  hours = _clock(s["hours"], s["unstolen_hours"])
   return f"{head} {s['loss']:.3g}{status} | {paper} | {s['step']} | {hours} | {accuracy} | {reached} |"
 
 

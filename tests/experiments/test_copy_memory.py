@@ -233,7 +233,7 @@ def test_table_reports_when_the_target_was_first_reached(tmp_path):
   summary = copy_memory_table.row_summary(
     copy_memory_table.read_run(str(tmp_path / "copy_memory" / "deq_transformer")), 1e-4
   )
-  assert summary["reached"] == (500, 1200.0 / 3600) and summary["loss"] == 2e-5 and summary["finished"]
+  assert summary["reached"] == (500, 1200.0 / 3600, 1200.0 / 3600) and summary["loss"] == 2e-5 and summary["finished"]
   assert (
     copy_memory_table.row_summary(copy_memory_table.read_run(str(tmp_path / "copy_memory" / "deq_transformer")), 1e-5)[
       "reached"
@@ -271,6 +271,6 @@ def test_table_lists_other_seeds_under_their_row(tmp_path):
   assert [row.split(" | ")[5] for row in rows] == ["0.33", "0.39", "0.50 (0.38 unstolen)"]
   assert "| 5e-05 | 3.5e-06 | 500 | 0.33 | 100.0% | step 500, 0.33 h |" in rows[0]
   assert "| 0.0002 (running) | 3.5e-06 | 500 | 0.39 | 100.0% | not reached |" in rows[1]
-  assert "| 8e-05 | 3.5e-06 | 500 | 0.50 (0.38 unstolen) | 100.0% | step 500, 0.50 h |" in rows[2]
+  assert "| 8e-05 | 3.5e-06 | 500 | 0.50 (0.38 unstolen) | 100.0% | step 500, 0.50 (0.38 unstolen) h |" in rows[2]
   assert "| TCN, seed 1 |" in out and "| LSTM | 14,108 (14K) | not run |" in out
   assert png.stat().st_size > 10_000
