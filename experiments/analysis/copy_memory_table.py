@@ -49,11 +49,12 @@ def row_summary(run: dict, target: float) -> dict:
   reached = next((e for e in evals if e["heldout_loss"] <= target), None)
   if run["test"] is not None and loss <= target and reached is None:
     reached = run["test"]
+  hours, unstolen_hours = _hours(last)
   return {
     "loss": loss,
     "step": last.get("step", run["train"][-1]["step"] if run["train"] else 0),
-    "hours": _hours(last)[0],
-    "unstolen_hours": _hours(last)[1],
+    "hours": hours,
+    "unstolen_hours": unstolen_hours,
     "finished": run["test"] is not None,
     "reached": None if reached is None else (reached["step"], *_hours(reached)),
     "accuracy": evals[-1]["digit_accuracy"] if evals else None,

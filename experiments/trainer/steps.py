@@ -102,7 +102,7 @@ def solver_metrics(info: deqjax.SolveInfo, backward: deqjax.BackwardStats) -> di
     b_steps=jnp.mean(backward.nstep),
     b_residual=jnp.mean(backward.rel_residual),
     f_residual_median=jnp.median(info.rel_residual.astype(jnp.float32)),
-    b_residual_median=jnp.median(backward.rel_residual.astype(jnp.float32)),
+    b_residual_median=jnp.median(backward.rel_residual),
     f_converged=jnp.mean(f_converged),
     b_converged=jnp.mean(b_converged),
     converged=jnp.min(jnp.minimum(f_converged, b_converged)),
