@@ -18,7 +18,7 @@ from flax import nnx
 from experiments.model_configs import architecture
 from experiments.trainer.checkpoints import Progress, checkpoint_manager, restore_newest_valid, save_checkpoint
 from experiments.trainer.host_cpu import PROC_STAT, StealMeter
-from experiments.trainer.metrics import MetricsWriter, StepMetrics
+from experiments.trainer.metrics import MetricsWriter, StepMetrics, evaluation_lines
 from experiments.trainer.runtime import Runtime, setup, to_global
 from experiments.trainer.schedules import phase_at, train_max_iter, uses_correction, uses_jac_reg
 from experiments.trainer.steps import evaluate_task, init_memory, train_step
@@ -112,7 +112,7 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
     print(f"Resumed from {manager.directory} at step {progress.step}.", flush=True)
   writer = MetricsWriter(
     workdir, c.num_train_steps, rt.task.tokens_per_step, start_step=progress.step,
-    warn_backward_failures=c.get("warn_backward_failures", 1.0),
+    warn_backward_failures=c.get("warn_backward_failures", 1.0), warn_eval_failures=c.get("warn_eval_failures", 1.0),
   )  # fmt: skip
   model_max_iter = getattr(architecture(c), "max_iter", None)
   consecutive = 0
@@ -211,4 +211,7 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str) -> tuple[Ru
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The task's test results for the workdir's latest checkpoint (LM: eval_tgt_len, eval_mem_len apply)."""
   rt, params, phase = restore_trained(config, workdir)
-  return evaluate_task(rt, params, phase, final=True)
+  results = evaluate_task(rt, params, phase, final=True)
+  if jax.process_index() == 0:
+    print(evaluation_lines("test", results, rt.config.get("warn_eval_failures", 1.0)), flush=True)
+  return results

@@ -25,12 +25,20 @@ class MetricsWriter:
   """Averages step metrics between flushes; only process 0 writes."""
 
   def __init__(
-    self, workdir: str, num_steps: int, tokens_per_step: int, start_step: int = 0, warn_backward_failures=1.0
+    self,
+    workdir: str,
+    num_steps: int,
+    tokens_per_step: int,
+    start_step: int = 0,
+    warn_backward_failures=1.0,
+    warn_eval_failures=1.0,
   ):
     """warn_backward_failures: a flush whose interval had more than this fraction of samples with a
-    failed adjoint solve prints a warning line (1: never)."""
+    failed adjoint solve prints a warning line (1: never); warn_eval_failures: the same for an evaluation
+    whose forward solves failed on more than this fraction of its samples."""
     self.num_steps, self.tokens_per_step = num_steps, tokens_per_step
     self.warn_backward_failures = warn_backward_failures
+    self.warn_eval_failures = warn_eval_failures
     self.pending: list[StepMetrics] = []
     self.last_time, self.last_step = time.perf_counter(), start_step
     self.main = jax.process_index() == 0
@@ -84,19 +92,36 @@ class MetricsWriter:
     return record
 
   def scalars(self, step: int, values: dict) -> None:
-    """Evaluation results (valid_ppl, test_ppl, heldout_loss, ...): JSONL, TensorBoard and one printed line."""
+    """Evaluation results (valid_ppl, test_ppl, heldout_loss, ..., the solves' figures): JSONL, TensorBoard and one
+    printed line (`evaluation_lines`, with its warning)."""
     if not self.main:
       return
     self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
     self.jsonl.flush()
     for key, value in values.items():
       self.tensorboard.add_scalar(f"eval/{key}", value, step)
-    print(f"step {step}: " + ", ".join(f"{k} {v:.5g}" for k, v in values.items()), flush=True)
+    print(evaluation_lines(f"step {step}", values, self.warn_eval_failures), flush=True)
 
   def close(self) -> None:
     if self.main:
       self.jsonl.close()
       self.tensorboard.close()
+
+
+def evaluation_lines(label: str, values: dict, warn_eval_failures: float) -> str:
+  """`label: key value, ...` for evaluation results, and a warning line when the evaluation's forward solves
+  (`steps.solve_results`' figures) failed on more than `warn_eval_failures` of the samples."""
+  text = f"{label}: " + ", ".join(f"{k} {v:.5g}" for k, v in values.items())
+  prefix = next((p for p in ("eval_f_", "test_f_") if f"{p}converged" in values), None)
+  failures = 1.0 - values[f"{prefix}converged"] if prefix else 0.0
+  if failures > warn_eval_failures:
+    text += (
+      f"\nWARNING: {label}: the evaluation's forward solve did not converge on {failures:.0%} of the samples"
+      f" (warn_eval_failures={warn_eval_failures}; relative residual mean {values[f'{prefix}residual']:.1e},"
+      f" largest {values[f'{prefix}residual_max']:.1e}, after {values[f'{prefix}steps']:.1f} steps): the figures"
+      ' above are not those of the equilibrium. See docs/training.md ("Keeping the equilibrium").'
+    )
+  return text
 
 
 STEAL_SHOWN = 0.05  # the progress line names the hypervisor's share of the CPU time from this much on

@@ -135,14 +135,51 @@ def eval_runtime(rt: Runtime) -> Runtime:
   return rt.cache["eval_runtime"]
 
 
+# The forward solve's figures over an evaluation, summed per batch (a `_max` one is a maximum).
+SOLVE_SUMS = ("solve_samples", "solve_converged", "solve_steps", "solve_residual", "solve_residual_max")
+
+
+def solve_sums(info: deqjax.SolveInfo) -> dict:
+  """One evaluation batch's forward solves (`info` per sample `[b]`, or scalars): samples, converged samples,
+  and the sums of steps and relative residuals, with the largest relative residual."""
+  residual = info.rel_residual.astype(jnp.float32)
+  return {
+    "solve_samples": jnp.asarray(residual.size, jnp.float32),
+    "solve_converged": jnp.sum(info.converged.astype(jnp.float32)),
+    "solve_steps": jnp.sum(info.nstep.astype(jnp.float32)),
+    "solve_residual": jnp.sum(residual),
+    "solve_residual_max": jnp.max(residual),
+  }
+
+
+def solve_results(totals: dict, final: bool) -> dict:
+  """The evaluation's solve figures from the summed `solve_sums` (none for a model without solves): the share of
+  samples whose forward solve converged, their mean steps, mean and largest relative residual; named `test_f_...`
+  for the final test and `eval_f_...` for the periodic evaluations."""
+  if "solve_samples" not in totals:
+    return {}
+  prefix, samples = "test_f_" if final else "eval_f_", totals["solve_samples"]
+  return {
+    f"{prefix}converged": totals["solve_converged"] / samples,
+    f"{prefix}steps": totals["solve_steps"] / samples,
+    f"{prefix}residual": totals["solve_residual"] / samples,
+    f"{prefix}residual_max": totals["solve_residual_max"],
+  }
+
+
 def eval_step(rt: Runtime, phase: str, params, memory, tokens, targets, **solver):
-  """(the task's sums over one evaluation batch, the new memory); no dropout, `solver`: `fixed_point` overrides."""
+  """(the task's sums over one evaluation batch, with the forward solves' `solve_sums` for a DEQ call; the new
+  memory); no dropout, `solver`: `fixed_point` overrides."""
   out = model_forward(rt, params, tokens, targets, memory, key=None, phase=phase, **solver)
-  return rt.task.batch_sums(out, targets), out.memory
+  sums = rt.task.batch_sums(out, targets)
+  if out.info is not None:
+    sums.update(solve_sums(out.info))
+  return sums, out.memory
 
 
 def evaluate_task(rt: Runtime, params, phase: str, final: bool, eval_set=None, **solver) -> dict:
-  """The task's named results on its validation (`final` False) or test set, in phase `phase`.
+  """The task's named results on its validation (`final` False) or test set, in phase `phase`, and for a DEQ
+  phase how its forward solves ended (`solve_results`: the figures' residuals).
 
   `eval_set`: another `EvalSet` of the task to read instead; `solver`: `fixed_point` options
   overriding the config's for DEQ models (e.g. max_iter=8; the config's `eval_max_iter`, when set, is
@@ -162,5 +199,7 @@ def evaluate_task(rt: Runtime, params, phase: str, final: bool, eval_set=None, *
     sums, new_memory = step(params, memory, x, y)
     memory = new_memory if eval_set.carry_memory else empty
     for key, value in jax.device_get(sums).items():
-      totals[key] = totals.get(key, 0.0) + float(value)
-  return rt.task.summarize(totals, final)
+      combine = max if key.endswith("_max") else sum
+      totals[key] = combine((totals[key], float(value))) if key in totals else float(value)
+  task_totals = {key: value for key, value in totals.items() if key not in SOLVE_SUMS}
+  return {**rt.task.summarize(task_totals, final), **solve_results(totals, final)}

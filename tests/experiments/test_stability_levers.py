@@ -210,3 +210,59 @@ def test_progress_line_rates_and_the_failed_adjoint_warning(tmp_path):
   assert "(res 1.0e-04, median 5.0e-05, 100% conv)" in printed and "(res 1.0e-03, median 5.0e-04, 75% conv)" in printed
   assert "mean relative residual 1.0e-03, median 5.0e-04 after 3.0 steps" in printed
   assert np.isclose(1.0 - record["b_converged"], 0.25)
+
+
+def _info(nstep, rel_residual, converged):
+  n = len(nstep)
+  return deqjax.SolveInfo(
+    nstep=jnp.array(nstep),
+    residual=jnp.zeros(n),
+    rel_residual=jnp.array(rel_residual),
+    converged=jnp.array(converged),
+    status=jnp.where(jnp.array(converged), Status.CONVERGED, Status.MAX_STEPS),
+    trace=jnp.zeros((n, 13)),
+  )
+
+
+def test_evaluation_solve_figures_over_batches():
+  # Two batches: 2 of 3 and 1 of 2 samples converged; steps and residuals averaged over the 5 samples, the largest
+  # residual over both batches.
+  first = steps.solve_sums(_info([4, 12, 6], [5e-4, 3e-2, 8e-4], [True, False, True]))
+  second = steps.solve_sums(_info([12, 7], [2e-3, 9e-4], [False, True]))
+  totals = {k: (max if k.endswith("_max") else sum)((float(first[k]), float(second[k]))) for k in first}
+  test = steps.solve_results(totals, final=True)
+  assert test.keys() == {"test_f_converged", "test_f_steps", "test_f_residual", "test_f_residual_max"}
+  assert test["test_f_converged"] == 0.6 and test["test_f_steps"] == 41 / 5
+  np.testing.assert_allclose([test["test_f_residual"], test["test_f_residual_max"]], [0.0342 / 5, 3e-2], rtol=1e-6)
+  assert steps.solve_results(totals, final=False)["eval_f_converged"] == 0.6
+  assert steps.solve_results({"nll": 1.0}, final=False) == {}  # a model without solves
+
+
+def _scalars(tmp_path, values, threshold):
+  out = io.StringIO()
+  sys_stdout, sys.stdout = sys.stdout, out
+  try:
+    writer = MetricsWriter(str(tmp_path), 100, 64, warn_eval_failures=threshold)
+    writer.scalars(200, values)
+    writer.close()
+  finally:
+    sys.stdout = sys_stdout
+  return out.getvalue()
+
+
+def test_evaluation_warns_when_its_forward_solves_failed(tmp_path):
+  solves = dict(eval_f_converged=0.75, eval_f_steps=10.5, eval_f_residual=2e-3, eval_f_residual_max=9e-3)
+  values = dict(heldout_loss=1e-4, **solves)
+  printed = _scalars(tmp_path / "a", values, threshold=0.2)
+  assert "step 200: heldout_loss 0.0001, eval_f_converged 0.75, eval_f_steps 10.5" in printed
+  assert (
+    "WARNING: step 200: the evaluation's forward solve did not converge on 25% of the samples (warn_eval_failures=0.2;"
+    " relative residual mean 2.0e-03, largest 9.0e-03, after 10.5 steps)" in printed
+  )
+  assert "WARNING" not in _scalars(tmp_path / "b", values, threshold=0.25)
+  final = {"test_loss": 1e-4, **{k.replace("eval_", "test_"): v for k, v in solves.items()}}
+  warning = "WARNING: step 200: the evaluation's forward solve did not converge on 25%"
+  assert warning in _scalars(tmp_path / "c", final, 0.0)
+  all_converged = {**values, "eval_f_converged": 1.0}
+  assert "WARNING" not in _scalars(tmp_path / "d", all_converged, threshold=0.0)
+  assert "WARNING" not in _scalars(tmp_path / "e", {"valid_ppl": 300.0}, threshold=0.0)  # no solves, nothing to say

@@ -67,11 +67,16 @@ def test_switched_off_jacobian_penalty_is_not_computed(trained):
 
 
 def test_evaluation_of_the_trained_workdir(trained):
-  # --mode=eval on the latest checkpoint reproduces the run's test perplexity exactly; a longer
-  # evaluation memory changes it (the model sees more context).
+  # --mode=eval on the latest checkpoint reproduces the run's test perplexity and the figures of its forward
+  # solves exactly; a longer evaluation memory changes it (the model sees more context).
   config, workdir, test_ppl, _ = trained
   config = config.copy_and_resolve_references()
-  assert trainer.evaluate(config, str(workdir)) == {"test_ppl": test_ppl}
+  results = trainer.evaluate(config, str(workdir))
+  final = json.loads(open(workdir / "metrics.jsonl").readlines()[-1])
+  solves = ("test_f_converged", "test_f_steps", "test_f_residual", "test_f_residual_max")
+  assert results == {"test_ppl": test_ppl, **{key: final[key] for key in solves}}
+  assert 0 <= results["test_f_converged"] <= 1 and 1 <= results["test_f_steps"] <= config.model.max_iter
+  assert 0 < results["test_f_residual"] <= results["test_f_residual_max"]
   config.eval_mem_len = 48
   longer = trainer.evaluate(config, str(workdir))["test_ppl"]
   assert longer != test_ppl and abs(np.log(longer / test_ppl)) < 0.2
@@ -88,6 +93,7 @@ def _check_solver_overrides_at_evaluation(config, workdir, test_ppl):
   test = lambda **solver: trainer.evaluate_task(rt, params, phase, final=True, **solver)["test_ppl"]
   assert test(max_iter=config.model.max_iter) == test_ppl
   assert test(max_iter=1) != test_ppl
+  _check_solve_figures_against_the_model(rt, params, phase)
   # eval_max_iter: evaluation's own cap, apart from training's (an explicit override still wins).
   capped = config.copy_and_resolve_references()
   capped.eval_max_iter = 1
@@ -101,6 +107,29 @@ def _check_solver_overrides_at_evaluation(config, workdir, test_ppl):
   for name, curve in curves.items():
     assert curve.shape == (7,) and curve[0] == 1.0, name  # relative to the initial residual
   assert curves["Broyden"][-1] < 0.5  # six quasi-Newton steps at least halve the residual
+
+
+def _check_solve_figures_against_the_model(rt, params, phase):
+  # The evaluation's solve figures over one batch are those of the model's own SolveInfo for that batch; with a cap
+  # of one step every sample takes exactly that step, unconverged, at a larger residual.
+  everything = rt.task.eval_set(True)
+  first = next(everything.batches())
+  one_batch = dataclasses.replace(everything, batches=lambda: iter([first]))
+  eval_rt = steps.eval_runtime(rt)
+  x, y = (to_global(a, rt.batch_sharding, one_batch.batch_size) for a in first)
+  memory = steps.init_memory(eval_rt, params, one_batch.batch_size)
+  info = steps.model_forward(eval_rt, params, x, y, memory, key=None, phase=phase).info
+  results = trainer.evaluate_task(rt, params, phase, final=True, eval_set=one_batch)
+  rel = np.asarray(info.rel_residual, np.float64)
+  assert results["test_f_converged"] == np.mean(np.asarray(info.converged))
+  assert results["test_f_steps"] == np.mean(info.nstep)
+  # Outside the compiled evaluation step, f(z) - z rounds differently: float32's 1.2e-7 relative to ||z|| is ~2e-4
+  # relative to a residual of ~7e-4 ||z||.
+  figures = [results["test_f_residual"], results["test_f_residual_max"]]
+  np.testing.assert_allclose(figures, [rel.mean(), rel.max()], rtol=2e-4)
+  one_step = trainer.evaluate_task(rt, params, phase, final=True, eval_set=one_batch, max_iter=1)
+  assert one_step["test_f_steps"] == 1.0 and one_step["test_f_converged"] == 0.0
+  assert one_step["test_f_residual"] > results["test_f_residual"]
 
 
 def test_wall_clock_budget_stops_training_then_tests(tfds_dir, tmp_path):
