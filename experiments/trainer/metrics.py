@@ -116,7 +116,7 @@ def evaluation_lines(label: str, values: dict, warn_eval_failures: float) -> str
   failures = 1.0 - values[f"{prefix}converged"] if prefix else 0.0
   if failures > warn_eval_failures:
     text += (
-      f"\nWARNING: {label}: the evaluation's forward solve did not converge on {failures:.0%} of the samples"
+      f"\nWARNING: {label}: the evaluation's forward solve did not converge on {100 * failures:.2g}% of the samples"
       f" (warn_eval_failures={warn_eval_failures}; relative residual mean {values[f'{prefix}residual']:.1e},"
       f" largest {values[f'{prefix}residual_max']:.1e}, after {values[f'{prefix}steps']:.1f} steps): the figures"
       ' above are not those of the equilibrium. See docs/training.md ("Keeping the equilibrium").'

@@ -266,3 +266,7 @@ def test_evaluation_warns_when_its_forward_solves_failed(tmp_path):
   all_converged = {**values, "eval_f_converged": 1.0}
   assert "WARNING" not in _scalars(tmp_path / "d", all_converged, threshold=0.0)
   assert "WARNING" not in _scalars(tmp_path / "e", {"valid_ppl": 300.0}, threshold=0.0)  # no solves, nothing to say
+  # A share under 1 % is written with two significant digits (1 sample in 4,000), not rounded to "0%".
+  few = {**values, "eval_f_converged": 0.99975}
+  assert "did not converge on 0.025% of the samples" in _scalars(tmp_path / "f", few, threshold=0.0)
+  assert "WARNING" not in _scalars(tmp_path / "g", few, threshold=0.01)
