@@ -243,6 +243,24 @@ def test_table_reports_when_the_target_was_first_reached(tmp_path):
   assert copy_memory_table.read_run(str(tmp_path / "copy_memory" / "tcn")) is None
 
 
+def test_table_reports_the_test_solves(tmp_path):
+  # A DEQ run whose test record carries its solves' figures shows them; one from before they were logged says so;
+  # a model without solves shows nothing.
+  from experiments.analysis import copy_memory_table
+
+  evals = [(250, 0.05, 600.0), (500, 5e-5, 1200.0)]
+  write_run(tmp_path / "old", evals, 5e-5)
+  write_run(tmp_path / "new", evals, 5e-5)
+  with open(tmp_path / "new" / "metrics.jsonl", "a") as f:  # the final record, as a run logs it since cf7494a
+    f.write("\n" + json.dumps({"step": 500, "test_loss": 5e-5, "test_f_converged": 0.92, "test_f_residual_max": 3e-3}))
+  line = lambda path: copy_memory_table.table_line("| DEQ |", copy_memory_table.read_run(str(path)), "3.5e-06", 1e-4)
+  assert line(tmp_path / "new").endswith("| step 500, 0.33 h | 92% (3.0e-03) |")
+  assert line(tmp_path / "old").endswith("| step 500, 0.33 h | not logged |")
+  without_solves = copy_memory_table.read_run(str(tmp_path / "old"))
+  without_solves["train"] = [{k: v for k, v in r.items() if k != "f_steps"} for r in without_solves["train"]]
+  assert copy_memory_table.table_line("| GRU |", without_solves, "0.0491", 1e-4).endswith("| step 500, 0.33 h |  |")
+
+
 def test_table_lists_other_seeds_under_their_row(tmp_path):
 
   write_run(tmp_path / "copy_memory" / "deq_transformer", [(250, 0.05, 600.0), (500, 5e-5, 1200.0)], 5e-5)
