@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from deqjax._driver import fresh_zeros
+from deqjax._driver import exact_einsum, fresh_zeros
 
 
 class AndersonState(NamedTuple):
@@ -64,7 +64,7 @@ class Anderson:
     old_g = lax.dynamic_index_in_dim(state.gs, slot, 1, keepdims=False)
     xs = lax.dynamic_update_index_in_dim(state.xs, jnp.where(active_col, z, old_x), slot, 1)
     gs = lax.dynamic_update_index_in_dim(state.gs, jnp.where(active_col, g, old_g), slot, 1)
-    row = jnp.einsum("bmn,bn->bm", gs, jnp.where(active_col, g, old_g))  # [b, m]
+    row = exact_einsum("bmn,bn->bm", gs, jnp.where(active_col, g, old_g))  # [b, m]
     gram = state.gram
     new_gram = lax.dynamic_update_index_in_dim(gram, row, slot, 1)
     new_gram = lax.dynamic_update_index_in_dim(new_gram, row, slot, 2)
@@ -95,8 +95,8 @@ class Anderson:
     )
     rhs = jnp.zeros((batch, m + 1), gram.dtype).at[:, 0].set(1.0)
     alpha = jnp.linalg.solve(bordered, rhs[..., None])[:, 1:, 0]  # [b, m]
-    mixed_x = jnp.einsum("bm,bmn->bn", alpha, state.xs)
-    mixed_g = jnp.einsum("bm,bmn->bn", alpha, state.gs)
+    mixed_x = exact_einsum("bm,bmn->bn", alpha, state.xs)
+    mixed_g = exact_einsum("bm,bmn->bn", alpha, state.gs)
     return mixed_x + self.beta * mixed_g - z
 
   def init(self, z, g, max_iter):

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from deqjax._driver import fresh_zeros
+from deqjax._driver import exact_einsum, fresh_zeros
 
 
 class CompactBroydenState(NamedTuple):
@@ -68,22 +68,22 @@ class RingBroydenState(NamedTuple):
 
 def _dots(buffer: jax.Array, vector: jax.Array) -> jax.Array:
   """`[b, m, n]` . `[b, n]` -> `[b, m]`."""
-  return jnp.einsum("bmn,bn->bm", buffer, vector)
+  return exact_einsum("bmn,bn->bm", buffer, vector)
 
 
 def _combine(coefficients: jax.Array, buffer: jax.Array) -> jax.Array:
   """`[b, k, m]` x `[b, m, n]` -> `[b, k, n]`: sum_m coefficients[b, k, m] * buffer[b, m]."""
-  return jnp.einsum("bkm,bmn->bkn", coefficients, buffer)
+  return exact_einsum("bkm,bmn->bkn", coefficients, buffer)
 
 
 def _matvec(matrix: jax.Array, vector: jax.Array) -> jax.Array:
   """`[b, m, m]` x `[b, m]` -> `[b, m]`."""
-  return jnp.einsum("bij,bj->bi", matrix, vector)
+  return exact_einsum("bij,bj->bi", matrix, vector)
 
 
 def _vecmat(vector: jax.Array, matrix: jax.Array) -> jax.Array:
   """`[b, m]` x `[b, m, m]` -> `[b, m]`."""
-  return jnp.einsum("bi,bij->bj", vector, matrix)
+  return exact_einsum("bi,bij->bj", vector, matrix)
 
 
 def _row_dot(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from deqjax._driver import Limits, classify, final_status, fresh_zeros, residual_norm, scale_bound
+from deqjax._driver import Limits, classify, exact_einsum, final_status, fresh_zeros, residual_norm, scale_bound
 from deqjax._info import RUNNING, SolveInfo, Status
 
 # matvec(v) -> A v, on working matrices `[batch, n]`.
@@ -137,7 +137,7 @@ class GMRES:
       triangular = jnp.where(mask2, upper, eye)
       y = jax.scipy.linalg.solve_triangular(triangular, jnp.where(counted, c.rhs[:, :m], 0)[..., None], lower=False)
       y = jnp.where(jnp.isfinite(y[..., 0]), y[..., 0], 0)
-      return c.w + jnp.einsum("bm,bmn->bn", y, c.basis[:, :m])
+      return c.w + exact_einsum("bm,bmn->bn", y, c.basis[:, :m])
 
     def cond(c: _GmresCarry):
       return (c.step < limits.max_iter) & jnp.any(c.status == RUNNING)
@@ -160,10 +160,10 @@ class GMRES:
       """Column j of the cycle from product = A v_j: Gram-Schmidt twice, then the Givens rotations."""
       j = c.position - 1
       earlier = (rows <= j)[None, :]  # [1, m + 1]: v_0 .. v_j
-      h1 = jnp.where(earlier, jnp.einsum("bmn,bn->bm", c.basis, product), 0)
-      v = product - jnp.einsum("bm,bmn->bn", h1, c.basis)
-      h2 = jnp.where(earlier, jnp.einsum("bmn,bn->bm", c.basis, v), 0)
-      v = v - jnp.einsum("bm,bmn->bn", h2, c.basis)
+      h1 = jnp.where(earlier, exact_einsum("bmn,bn->bm", c.basis, product), 0)
+      v = product - exact_einsum("bm,bmn->bn", h1, c.basis)
+      h2 = jnp.where(earlier, exact_einsum("bmn,bn->bm", c.basis, v), 0)
+      v = v - exact_einsum("bm,bmn->bn", h2, c.basis)
       h_next = residual_norm(v)
       v_next, _ = _safe_divide(v, h_next[:, None])
       column = (h1 + h2).at[:, j + 1].set(h_next)  # [b, m + 1], entries 0 .. j + 1

@@ -37,6 +37,11 @@ from shared import shared_once  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Full float32 products in every test, on every platform: the tests hold float32 results to float64
+# references and closed forms, and JAX's default runs float32 products in TF32 on GPUs (bfloat16 passes
+# on TPUs), ~1e-3 relative. On the CPU this changes nothing. (The solvers' own products are HIGHEST
+# whatever the default: tests/core/test_driver.py checks that under a bfloat16 default.)
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture(scope="session")

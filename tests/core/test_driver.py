@@ -310,3 +310,32 @@ def test_a_rotation_stalls_and_a_contraction_is_untouched():
     deqjax.fixed_point(f, scales, x, stall_window=0, **kw)
   with pytest.raises(ValueError, match=r"stall_margin must be a number in \[0, 1\); got stall_margin=1"):
     deqjax.root_find(lambda z: -z, x, stall_window=3, stall_margin=1)
+
+
+# ---------------------------------------------------------------------------
+# Precision of the solvers' own algebra
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+  "solver, backward_solver", [("broyden", "broyden"), ("anderson", "anderson"), ("broyden", "gmres")]
+)
+def test_the_solvers_products_run_at_full_precision_under_a_low_default(solver, backward_solver):
+  # Under JAX's default precision a float32 product runs in TF32 on a GPU (bfloat16 passes on a TPU):
+  # ~1e-3 relative error in the quasi-Newton and Krylov algebra, whatever tolerance was asked for.
+  # The cell here is elementwise, so every dot_general in the lowered program (forward and adjoint
+  # solves) is the solvers' own; each must carry HIGHEST even with the default set to bfloat16.
+  # (On the CPU the precision changes no number, so this checks what an accelerator is told to do.)
+  def f(p, z, x):
+    return jnp.tanh(p * z + x)
+
+  p = jnp.full((3, 8), 0.5, jnp.float32)
+  x = jnp.linspace(-1.0, 1.0, 24, dtype=jnp.float32).reshape(3, 8)
+
+  def loss(p):
+    z, _ = deqjax.fixed_point(f, p, x, solver=solver, backward_solver=backward_solver, batch_axis=0)
+    return jnp.sum(z)
+
+  with jax.default_matmul_precision("bfloat16"):
+    text = jax.jit(jax.grad(loss)).lower(p).as_text()
+  dots = [line for line in text.splitlines() if "stablehlo.dot_general" in line]
+  assert len(dots) >= 4, text  # products of both solves are there
+  assert all("precision = [HIGHEST, HIGHEST]" in line for line in dots), [d for d in dots if "HIGHEST" not in d]
