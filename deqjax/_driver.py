@@ -56,19 +56,22 @@ def fresh_zeros(shape: tuple[int, ...], anchor: jax.Array, element: int = 0) -> 
   """Zeros of `anchor`'s dtype that XLA can neither share nor create early.
 
   Solver buffers are large (history x n). Plain `jnp.zeros` are constants:
-  XLA merges those of the forward and backward solves into one broadcast and
-  copies it up front, so both solves' buffers are alive at once (twice the
-  memory). Deriving the zero from `anchor` (a value the solve computes first)
-  keeps each buffer private and allocated only when its solve starts.
-  `x != x` is false for every finite x and true for NaN, so the product is 0
-  either way; XLA does not fold float products with 0. Two buffers anchored on
+  XLA merges those of the forward and backward solves into one broadcast (on
+  the GPU, one fusion writing all four history buffers) and runs it up front,
+  so both solves' buffers are alive at once (twice the memory). Deriving the
+  zero from `anchor` (a value the solve computes first) keeps each buffer
+  private and allocated only when its solve starts. The zero is
+  `where(isfinite(a), a, 0) * 0`: 0 for every anchor, NaN and inf included,
+  and an expression XLA cannot fold to a constant (it does not track that the
+  select is finite). An earlier `(a != a) * 0` was folded on the GPU, whose
+  simplifier knows a converted predicate is 0 or 1. Two buffers anchored on
   the same array should use different `element`s, or XLA merges them into
   one broadcast and copies it.
   """
   if anchor.size == 0:  # an empty state: nothing to anchor on, and nothing to share
     return jnp.zeros(shape, anchor.dtype)
   scalar = anchor.reshape(-1)[element]
-  zero = (scalar != scalar).astype(anchor.dtype) * 0
+  zero = jnp.where(jnp.isfinite(scalar), scalar, 0) * 0
   return jnp.broadcast_to(zero, shape)
 
 
