@@ -33,6 +33,7 @@ COMMON = dict(
   correction_until_step=0,
   train_max_iter_delta=0,
   eval_max_iter=0,
+  test_params="last",
   warn_backward_failures=0.1,
   warn_eval_failures=0.01,
   spectral_radius_every=0,
@@ -120,6 +121,7 @@ COMMON_RULES = dict(
   correction_until_step=Rule("int", low=0, note="0: the correction throughout"),
   train_max_iter_delta=Rule("int", low=0, note="0: the model's max_iter every step"),
   eval_max_iter=Rule("int", low=0, note="0: the model's max_iter"),
+  test_params=Rule("str", choices=("last", "best_valid")),
   warn_backward_failures=Rule("float", low=0, high=1, note="1: never warn"),
   warn_eval_failures=Rule("float", low=0, high=1, note="0: warn when any sample's solve failed; 1: never"),
   spectral_radius_every=Rule("int", low=0, note="0: never"),
@@ -145,6 +147,7 @@ COPY_MEMORY_DATA_RULES = {
   "data.T": INT_AT_LEAST_1,
   "data.heldout_size": INT_AT_LEAST_1,
   "data.heldout_seed": INT_AT_LEAST_0,
+  "data.valid_seed": Rule("int", low=-1, note="-1: validation reads the test's held-out set"),
 }
 # The fields that say what runs; the model's own fields are checked by its dataclass config.
 RUN_RULES = {name: Rule("str") for name in ("model_name", "execution", "task", "study", "row")}
@@ -170,9 +173,10 @@ def add_training(config: ml_collections.ConfigDict, dataset: str, **values) -> m
 
 
 def add_copy_memory_training(config: ml_collections.ConfigDict, **values) -> ml_collections.ConfigDict:
-  """Adds the copy-memory task's fields (`COMMON` and `data.{T, heldout_size, heldout_seed}`); docs/training.md."""
+  """Adds the copy-memory task's fields (`COMMON` and `data.{T, heldout_size, heldout_seed, valid_seed}`);
+  docs/training.md."""
   config.task = "copy_memory"
-  config.data = ml_collections.ConfigDict(dict(T=400, heldout_size=1000, heldout_seed=1234))
+  config.data = ml_collections.ConfigDict(dict(T=400, heldout_size=1000, heldout_seed=1234, valid_seed=-1))
   return _add_fields(config, COMMON, values)
 
 

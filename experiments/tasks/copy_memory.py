@@ -3,7 +3,9 @@
 The reported loss is the cross-entropy per position averaged over all T + 20
 positions of the held-out sequences, as in the paper's Table 1; evaluation also
 reports the loss on the ten recall positions and how many recalled digits are
-right.
+right. Validation reads the same held-out set as the test, as the benchmark does,
+unless `data.valid_seed` names a separate one (needed to select parameters on
+validation: `test_params="best_valid"`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from experiments.tasks.base import EvalSet, local_rows
 
 class CopyMemoryTask:
   result_name = "test_loss"
+  selection_name = "heldout_loss"
 
   def __init__(self, config: ml_collections.ConfigDict):
     d = config.data
@@ -29,6 +32,16 @@ class CopyMemoryTask:
         f"data.heldout_size={d.heldout_size} must be a positive multiple of eval_batch_size={config.eval_batch_size}."
       )
     self.heldout = copy_memory.heldout_set(d.heldout_seed, d.heldout_size, d.T)
+    self.valid_seed = d.get("valid_seed", -1)
+    self.separate_validation = self.valid_seed >= 0
+    if self.separate_validation and self.valid_seed == d.heldout_seed:
+      raise ValueError(
+        f"data.valid_seed={self.valid_seed} equals data.heldout_seed={d.heldout_seed}: a separate validation set"
+        " needs its own seed (-1: validation reads the test's held-out set)."
+      )
+    self.validation = (
+      copy_memory.heldout_set(self.valid_seed, d.heldout_size, d.T) if self.separate_validation else self.heldout
+    )
     self.tokens_per_step = config.batch_size * self.length
 
   @classmethod
@@ -48,7 +61,9 @@ class CopyMemoryTask:
 
   def identity(self) -> dict:
     d = self.config.data
-    return {"task": "copy_memory", "T": d.T, "heldout_size": d.heldout_size, "heldout_seed": d.heldout_seed}
+    identity = {"task": "copy_memory", "T": d.T, "heldout_size": d.heldout_size, "heldout_seed": d.heldout_seed}
+    # Listed only when set, so that checkpoints of runs before the field existed still resume.
+    return {**identity, "valid_seed": self.valid_seed} if self.separate_validation else identity
 
   def check_identity(self, saved: dict, step: int) -> None:
     if saved != self.identity():
@@ -66,9 +81,9 @@ class CopyMemoryTask:
     return 0  # an endless stream: every batch is new
 
   def eval_set(self, final: bool) -> EvalSet:
-    """The held-out sequences, eval_batch_size at a time (validation and test read the same set)."""
-    del final
-    inputs, targets = self.heldout
+    """The held-out sequences, eval_batch_size at a time: the test's, or for validation (`final` False) those of
+    `data.valid_seed` when it is set."""
+    inputs, targets = self.heldout if final else self.validation
     size = self.config.eval_batch_size
     start, stop = local_rows(size)
 

@@ -42,6 +42,8 @@ class WikitextTask:
   """Ordered segments of the training text; perplexity over eval_batch_size ordered streams, memory carried."""
 
   result_name = "test_ppl"
+  selection_name = "valid_ppl"
+  separate_validation = True
 
   def __init__(self, config: ml_collections.ConfigDict, data: WikitextData):
     self.config, self.data = config, data

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import sys
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,10 @@ class Progress:
   # The same less the share the hypervisor stole (experiments.trainer.host_cpu); equal to train_seconds
   # where that cannot be read, and in checkpoints written before it was measured.
   unstolen_seconds: float | None = None
+  # test_params="best_valid": the step whose parameters scored best on validation so far, and that score
+  # (the task's `selection_name`); the checkpoint then holds those parameters too. None: none kept.
+  best_step: int | None = None
+  best_valid: float | None = None
 
   def __post_init__(self):
     if self.unstolen_seconds is None:
@@ -82,8 +87,26 @@ def platform() -> dict:
   }
 
 
-def save_checkpoint(manager, rt: Runtime, progress: Progress, params, opt_state, memory) -> None:
-  """Parameters, optimizer state, memory, and as JSON: step, data position, RNG, the task's data identity."""
+class Restored(NamedTuple):
+  """A checkpoint's contents; `best_params` are those of `progress.best_step` (None when it kept none)."""
+
+  progress: Progress
+  params: Any
+  opt_state: Any
+  memory: Any
+  best_params: Any = None
+
+
+def save_checkpoint(manager, rt: Runtime, progress: Progress, params, opt_state, memory, best_params=None) -> None:
+  """Parameters, optimizer state, memory, and as JSON: step, data position, RNG, the task's data identity.
+
+  `best_params` (the parameters of `progress.best_step`) are stored beside the parameters when given.
+  """
+  if (best_params is None) != (progress.best_step is None):
+    raise ValueError(
+      f"best_params {'missing' if best_params is None else 'given'} with progress.best_step={progress.best_step}:"
+      " the kept parameters and their step go together."
+    )
   leaves = jax.tree.leaves(memory)
   meta = {
     **dataclasses.asdict(progress),
@@ -96,12 +119,16 @@ def save_checkpoint(manager, rt: Runtime, progress: Progress, params, opt_state,
   }
   # Empty leaves (a memory of length 0) cannot be stored by orbax; their shapes in `meta` rebuild them.
   state = {"params": params, "opt_state": opt_state, "memory": [leaf for leaf in leaves if leaf.size]}
+  if best_params is not None:
+    state["best_params"] = best_params
   manager.save(progress.step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
   manager.wait_until_finished()
 
 
-def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: int | None = None, training=True):
-  """(progress, params, opt_state, memory) of the latest (or given) checkpoint.
+def restore_checkpoint(
+  manager, rt: Runtime, params, opt_state, memory, step: int | None = None, training=True
+) -> Restored:
+  """The latest (or given) checkpoint's contents (`Restored`).
 
   `training` False (evaluation): the batch size, memory length and dtype may differ from the run's.
   Raises ResumeMismatch for another run's checkpoint; other errors mean the checkpoint is unreadable.
@@ -145,6 +172,8 @@ def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: in
   shapes = [(tuple(shape), jnp.dtype(dtype)) for shape, dtype in meta["memory"]]
   memory_target = [jax.ShapeDtypeStruct(*sd, sharding=rt.batch_sharding) for sd in shapes if math.prod(sd[0])]
   target = {"params": as_target(params), "opt_state": as_target(opt_state), "memory": memory_target}
+  if meta.get("best_step") is not None:
+    target["best_params"] = as_target(params)
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
   stored = iter(state["memory"])
   leaves = [
@@ -152,7 +181,7 @@ def restore_checkpoint(manager, rt: Runtime, params, opt_state, memory, step: in
   ]
   memory = jax.tree.unflatten(jax.tree.structure(memory), leaves)
   progress = Progress(**{f.name: meta[f.name] for f in dataclasses.fields(Progress) if f.name in meta})
-  return progress, state["params"], state["opt_state"], memory
+  return Restored(progress, state["params"], state["opt_state"], memory, state.get("best_params"))
 
 
 def restore_newest_valid(manager, rt: Runtime, params, opt_state, memory, training=True):

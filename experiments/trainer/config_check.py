@@ -141,6 +141,19 @@ def _cross_field_problems(config) -> list[str]:
       f"config.lr_anneal_from_step={anneal} with config.num_train_steps={config.num_train_steps}: the linear"
       " anneal to 0 at num_train_steps must start before it (0: off)"
     )
+  if config.task == "copy_memory":
+    valid_seed, heldout_seed = config.data.valid_seed, config.data.heldout_seed
+    if valid_seed == heldout_seed:
+      problems.append(
+        f"config.data.valid_seed={valid_seed} equals config.data.heldout_seed={heldout_seed}: a separate validation"
+        " set needs its own seed (-1: validation reads the test's held-out set)"
+      )
+    elif valid_seed < 0 and config.test_params == "best_valid":
+      problems.append(
+        f"config.test_params='best_valid' with config.data.valid_seed={valid_seed}: validation would read the test's"
+        f" held-out set (data.heldout_seed={heldout_seed}), and parameters chosen on it would bias the test loss;"
+        " set data.valid_seed to another seed"
+      )
   ratio = config.grad_clip_ratio
   if 0 < ratio <= 1:
     problems.append(

@@ -7,11 +7,13 @@ killed at any moment and restarted ends with the same parameters.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -105,11 +107,14 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
   opt_state = jax.jit(rt.optimizer.init, out_shardings=rt.replicated)(params)
   memory = init_memory(rt, params, c.batch_size)
   manager = checkpoint_manager(workdir, c.keep_checkpoints)
-  progress = Progress()
+  progress, best_params = Progress(), None
   restored = restore_newest_valid(manager, rt, params, opt_state, memory)
   if restored is not None:
-    progress, params, opt_state, memory = restored
+    progress, params, opt_state, memory, best_params = restored
     print(f"Resumed from {manager.directory} at step {progress.step}.", flush=True)
+  selecting = c.test_params == "best_valid"
+  if not selecting:  # a run resumed with test_params "last" keeps no best parameters
+    progress.best_step, progress.best_valid, best_params = None, None, None
   writer = MetricsWriter(
     workdir, c.num_train_steps, rt.task.tokens_per_step, start_step=progress.step,
     warn_backward_failures=c.get("warn_backward_failures", 1.0), warn_eval_failures=c.get("warn_eval_failures", 1.0),
@@ -160,14 +165,18 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
         share = _stolen_share(progress, flushed) if steal.available else {}
         flushed = (progress.train_seconds, progress.unstolen_seconds)
         writer.flush(step, **_clocks(progress), **share)
-      if c.eval_every_steps and step % c.eval_every_steps == 0 and not last:
+      # Validation every eval_every_steps; at the last step only when it selects the parameters to test
+      # (otherwise the test follows at once).
+      if (c.eval_every_steps and step % c.eval_every_steps == 0 and not last) or (last and selecting):
         results = evaluate_task(rt, params, phase, final=False)
         writer.scalars(step, {**results, **_clocks(progress)})
+        if selecting:
+          best_params = keep_if_best(rt, progress, results, params, best_params)
       if step % c.checkpoint_every_steps == 0 or last:
-        save_checkpoint(manager, rt, progress, params, opt_state, memory)
+        save_checkpoint(manager, rt, progress, params, opt_state, memory, best_params)
       if sigterm.raised:
         if manager.latest_step() != step:
-          save_checkpoint(manager, rt, progress, params, opt_state, memory)
+          save_checkpoint(manager, rt, progress, params, opt_state, memory, best_params)
         print(f"SIGTERM: saved the checkpoint at step {step} and stopped.", flush=True)
         writer.close()
         return None
@@ -175,7 +184,10 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
       sigterm.interrupt()
       if sigterm.raised:  # arrived after the last step's check
         raise Terminated
-      results = evaluate_task(rt, params, phase_at(c, max(progress.step - 1, 0)), final=True)
+      tested, tested_step = test_parameters(rt, progress, params, best_params)
+      results = evaluate_task(rt, tested, phase_at(c, max(tested_step - 1, 0)), final=True)
+      if selecting:
+        results["test_params_step"] = tested_step
     except Terminated:
       print(
         f"SIGTERM during the final test: training is complete and saved at step {progress.step}; run the same"
@@ -189,8 +201,35 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
   return results
 
 
+def keep_if_best(rt: Runtime, progress: Progress, results: dict, params, best_params):
+  """The parameters to keep for test_params="best_valid": a copy of `params` (of step `progress.step`) when their
+  validation score `results[task.selection_name]` is the lowest so far (`progress` then records it), else
+  `best_params`. A non-finite score never counts as best."""
+  value = results[rt.task.selection_name]
+  if not math.isfinite(value) or (progress.best_valid is not None and value >= progress.best_valid):
+    return best_params
+  progress.best_step, progress.best_valid = progress.step, float(value)
+  # A copy: the training step donates `params`' buffers.
+  return rt.jitted(("copy_params",), lambda tree: jax.tree.map(jnp.copy, tree))(params)
+
+
+def test_parameters(rt: Runtime, progress: Progress, params, best_params) -> tuple:
+  """(parameters to test, the step they are from): with test_params="best_valid" those that scored best on
+  validation (the last ones if no validation has run), else the last ones."""
+  if rt.config.test_params == "best_valid" and best_params is not None:
+    print(
+      f"Testing the parameters of step {progress.best_step}, the best on validation"
+      f" ({rt.task.selection_name}={progress.best_valid:.6g}); the run ended at step {progress.step}.",
+      flush=True,
+    )
+    return best_params, progress.best_step
+  return params, progress.step
+
+
 def restore_trained(config: ml_collections.ConfigDict, workdir: str) -> tuple[Runtime, nnx.State, str]:
-  """(runtime, parameters of the workdir's latest checkpoint, the phase they were trained in last)."""
+  """(runtime, the parameters to test from the workdir's latest checkpoint, the phase they were trained in last).
+
+  With test_params="best_valid", the parameters are those the run kept as best on validation."""
   rt, params = setup(config)
   opt_state = jax.eval_shape(rt.optimizer.init, params)
   opt_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rt.replicated), opt_state)
@@ -202,9 +241,9 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str) -> tuple[Ru
   restored = restore_newest_valid(manager, rt, params, opt_state, memory, training=False)
   if restored is None:
     raise FileNotFoundError(f"No readable checkpoint under {checkpoints}; train first (--mode=train).")
-  progress, params, _, _ = restored
-  phase = phase_at(rt.config, max(progress.step - 1, 0))
-  print(f"Checkpoint of step {progress.step}: phase {phase!r} (that of its last training step).", flush=True)
+  params, step = test_parameters(rt, restored.progress, restored.params, restored.best_params)
+  phase = phase_at(rt.config, max(step - 1, 0))
+  print(f"Checkpoint of step {restored.progress.step}: testing step {step}'s parameters, phase {phase!r}.", flush=True)
   return rt, params, phase
 
 

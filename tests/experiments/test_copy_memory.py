@@ -292,3 +292,42 @@ def test_table_lists_other_seeds_under_their_row(tmp_path):
   assert "| 8e-05 | 3.5e-06 | 500 | 0.50 (0.38 unstolen) | 100.0% | step 500, 0.50 (0.38 unstolen) h |" in rows[2]
   assert "| TCN, seed 1 |" in out and "| LSTM | 14,108 (14K) | not run |" in out
   assert png.stat().st_size > 10_000
+
+
+def test_best_valid_tests_the_parameters_that_scored_best_on_validation(tmp_path):
+  # GRU at lr 0.3: validation goes up and down. The learning rate is constant (decay far beyond the run), so a
+  # run stopped at the best step reaches the same parameters as the long run had there.
+  fields = dict(
+    learning_rate=0.3, warmup_steps=0, lr_decay_steps=10_000, num_train_steps=8, eval_every_steps=2,
+    checkpoint_every_steps=3, test_params="best_valid",
+  )  # fmt: skip
+  config = smoke_config("gru", **fields)
+  config.data.valid_seed = 7
+  result = trainer.train_and_evaluate(config, str(tmp_path / "best"))
+  records = [json.loads(line) for line in open(tmp_path / "best" / "metrics.jsonl")]
+  valid = {r["step"]: r["heldout_loss"] for r in records if "heldout_loss" in r}
+  assert sorted(valid) == [2, 4, 6, 8]  # validation at the last step too
+  best = min(valid, key=valid.get)
+  assert result["test_params_step"] == best and records[-1]["test_params_step"] == best
+  assert best < 8, valid  # the selection is exercised: the last step is not the best
+  # The same run stopped at the best step, tested on its last parameters: the same test loss, to the bit.
+  short = smoke_config("gru", **{**fields, "num_train_steps": best, "test_params": "last"})
+  short.data.valid_seed = 7
+  assert trainer.train_and_evaluate(short, str(tmp_path / "short"))["test_loss"] == result["test_loss"]
+  # A run stopped at step 6 and resumed to the end finds the best parameters in its checkpoint.
+  resumed = smoke_config("gru", **{**fields, "num_train_steps": 6})
+  resumed.data.valid_seed = 7
+  trainer.train_and_evaluate(resumed, str(tmp_path / "resumed"))
+  assert trainer.train_and_evaluate(config, str(tmp_path / "resumed")) == result
+  # The checkpoint keeps those parameters: --mode=eval tests them again; with "last", the last ones.
+  assert trainer.evaluate(config, str(tmp_path / "best"))["test_loss"] == result["test_loss"]
+  config.test_params = "last"
+  assert trainer.evaluate(config, str(tmp_path / "best"))["test_loss"] != result["test_loss"]
+  # Validation on the test's own held-out set, or on a set of the same seed, cannot select.
+  config.test_params = "best_valid"
+  config.data.valid_seed = -1
+  with pytest.raises(trainer.ConfigError, match=r"test_params='best_valid' with config.data.valid_seed=-1"):
+    trainer.check_config(config)
+  config.data.valid_seed = config.data.heldout_seed
+  with pytest.raises(trainer.ConfigError, match=r"config.data.valid_seed=1234 equals config.data.heldout_seed"):
+    trainer.check_config(config)

@@ -276,7 +276,7 @@ def test_a_run_without_memory_checkpoints_and_restores(tfds_dir, tmp_path):
   assert all(leaf.size == 0 for leaf in jax.tree.leaves(memory))
   manager = trainer.checkpoint_manager(str(tmp_path), 1)
   trainer.save_checkpoint(manager, rt, trainer.Progress(step=3), params, opt_state, memory)
-  progress, restored, _, restored_memory = trainer.restore_checkpoint(manager, rt, params, opt_state, memory)
+  progress, restored, _, restored_memory, _ = trainer.restore_checkpoint(manager, rt, params, opt_state, memory)
   assert progress.step == 3 and os.listdir(tmp_path / "checkpoints") == ["3"]
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params), strict=True):
     np.testing.assert_array_equal(a, b)
