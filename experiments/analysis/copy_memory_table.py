@@ -59,6 +59,7 @@ def row_summary(run: dict, target: float) -> dict:
     "reached": None if reached is None else (reached["step"], *_hours(reached)),
     "accuracy": evals[-1]["digit_accuracy"] if evals else None,
     "solves": _test_solves(run),
+    "tested_step": last.get("test_params_step"),  # test_params="best_valid": the step whose parameters were tested
   }
 
 
@@ -90,7 +91,8 @@ def table_line(head: str, run: dict, paper: str, target: float) -> str:
   reached = "not reached" if s["reached"] is None else f"step {s['reached'][0]}, {_clock(*s['reached'][1:])} h"
   accuracy = "" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
   hours = _clock(s["hours"], s["unstolen_hours"])
-  return f"{head} {s['loss']:.3g}{status} | {paper} | {s['step']} | {hours} | {accuracy} | {reached} | {s['solves']} |"
+  steps = s["step"] if s["tested_step"] in (None, s["step"]) else f"{s['step']} (tested: {s['tested_step']})"
+  return f"{head} {s['loss']:.3g}{status} | {paper} | {steps} | {hours} | {accuracy} | {reached} | {s['solves']} |"
 
 
 def main(argv):

@@ -184,7 +184,7 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
       sigterm.interrupt()
       if sigterm.raised:  # arrived after the last step's check
         raise Terminated
-      tested, tested_step = test_parameters(rt, progress, params, best_params)
+      tested, tested_step = parameters_to_test(rt, progress, params, best_params)
       results = evaluate_task(rt, tested, phase_at(c, max(tested_step - 1, 0)), final=True)
       if selecting:
         results["test_params_step"] = tested_step
@@ -213,7 +213,7 @@ def keep_if_best(rt: Runtime, progress: Progress, results: dict, params, best_pa
   return rt.jitted(("copy_params",), lambda tree: jax.tree.map(jnp.copy, tree))(params)
 
 
-def test_parameters(rt: Runtime, progress: Progress, params, best_params) -> tuple:
+def parameters_to_test(rt: Runtime, progress: Progress, params, best_params) -> tuple:
   """(parameters to test, the step they are from): with test_params="best_valid" those that scored best on
   validation (the last ones if no validation has run), else the last ones."""
   if rt.config.test_params == "best_valid" and best_params is not None:
@@ -223,6 +223,8 @@ def test_parameters(rt: Runtime, progress: Progress, params, best_params) -> tup
       flush=True,
     )
     return best_params, progress.best_step
+  if rt.config.test_params == "best_valid":
+    print(f"No validation has selected parameters: testing those of step {progress.step}, the last.", flush=True)
   return params, progress.step
 
 
@@ -241,7 +243,7 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str) -> tuple[Ru
   restored = restore_newest_valid(manager, rt, params, opt_state, memory, training=False)
   if restored is None:
     raise FileNotFoundError(f"No readable checkpoint under {checkpoints}; train first (--mode=train).")
-  params, step = test_parameters(rt, restored.progress, restored.params, restored.best_params)
+  params, step = parameters_to_test(rt, restored.progress, restored.params, restored.best_params)
   phase = phase_at(rt.config, max(step - 1, 0))
   print(f"Checkpoint of step {restored.progress.step}: testing step {step}'s parameters, phase {phase!r}.", flush=True)
   return rt, params, phase

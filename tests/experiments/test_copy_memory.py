@@ -256,6 +256,11 @@ def test_table_reports_the_test_solves(tmp_path):
   line = lambda path: copy_memory_table.table_line("| DEQ |", copy_memory_table.read_run(str(path)), "3.5e-06", 1e-4)
   assert line(tmp_path / "new").endswith("| step 500, 0.33 h | 92% (3.0e-03) |")
   assert line(tmp_path / "old").endswith("| step 500, 0.33 h | not logged |")
+  # A run that tested the parameters best on validation (test_params="best_valid") names their step.
+  write_run(tmp_path / "best", evals, 5e-5)
+  with open(tmp_path / "best" / "metrics.jsonl", "a") as f:
+    f.write("\n" + json.dumps({"step": 500, "test_loss": 6e-5, "test_params_step": 250, "train_seconds": 1200.0}))
+  assert line(tmp_path / "best").startswith("| DEQ | 6e-05 | 3.5e-06 | 500 (tested: 250) | 0.33 |")
   without_solves = copy_memory_table.read_run(str(tmp_path / "old"))
   without_solves["train"] = [{k: v for k, v in r.items() if k != "f_steps"} for r in without_solves["train"]]
   assert copy_memory_table.table_line("| GRU |", without_solves, "0.0491", 1e-4).endswith("| step 500, 0.33 h |  |")
