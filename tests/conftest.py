@@ -44,6 +44,19 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+  """Drops JAX's in-memory compiled programs after each test module.
+
+  Every program XLA:CPU compiles keeps its own memory mappings while it is cached. One process that
+  ran the whole suite held ~65,000 of them by tests/library and was killed by a segmentation fault
+  inside the compiler: mmap had failed at the kernel's limit (`vm.max_map_count`, 65,530 by default).
+  Programs a later module needs again come back from the persistent compilation cache on disk.
+  """
+  yield
+  jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def tfds_dir():
   """Where the tiny runs' TFDS dataset is prepared, once per session (`tiny_training.tiny_config`)."""
