@@ -47,7 +47,6 @@ class Task(Protocol):
 
   result_name: str  # the final result's name ("test_ppl"); main prints `<result_name>=<value>`
   selection_name: str  # the validation result that selects parameters ("valid_ppl"; lower is better)
-  separate_validation: bool  # validation and test read different data (selecting on validation is fair)
   tokens_per_step: int  # tokens of one global training batch
 
   @classmethod

@@ -32,15 +32,10 @@ class CopyMemoryTask:
         f"data.heldout_size={d.heldout_size} must be a positive multiple of eval_batch_size={config.eval_batch_size}."
       )
     self.heldout = copy_memory.heldout_set(d.heldout_seed, d.heldout_size, d.T)
+    # A separate validation set when data.valid_seed is set (config_check refuses it equal to heldout_seed).
     self.valid_seed = d.get("valid_seed", -1)
-    self.separate_validation = self.valid_seed >= 0
-    if self.separate_validation and self.valid_seed == d.heldout_seed:
-      raise ValueError(
-        f"data.valid_seed={self.valid_seed} equals data.heldout_seed={d.heldout_seed}: a separate validation set"
-        " needs its own seed (-1: validation reads the test's held-out set)."
-      )
     self.validation = (
-      copy_memory.heldout_set(self.valid_seed, d.heldout_size, d.T) if self.separate_validation else self.heldout
+      copy_memory.heldout_set(self.valid_seed, d.heldout_size, d.T) if self.valid_seed >= 0 else self.heldout
     )
     self.tokens_per_step = config.batch_size * self.length
 
@@ -63,7 +58,7 @@ class CopyMemoryTask:
     d = self.config.data
     identity = {"task": "copy_memory", "T": d.T, "heldout_size": d.heldout_size, "heldout_seed": d.heldout_seed}
     # Listed only when set, so that checkpoints of runs before the field existed still resume.
-    return {**identity, "valid_seed": self.valid_seed} if self.separate_validation else identity
+    return {**identity, "valid_seed": self.valid_seed} if self.valid_seed >= 0 else identity
 
   def check_identity(self, saved: dict, step: int) -> None:
     if saved != self.identity():

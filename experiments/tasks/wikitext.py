@@ -43,7 +43,6 @@ class WikitextTask:
 
   result_name = "test_ppl"
   selection_name = "valid_ppl"
-  separate_validation = True
 
   def __init__(self, config: ml_collections.ConfigDict, data: WikitextData):
     self.config, self.data = config, data
