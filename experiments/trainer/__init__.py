@@ -10,8 +10,10 @@ loop         train_and_evaluate (resuming), evaluate (a trained workdir)
 metrics      progress line, metrics.jsonl, TensorBoard
 models       config -> model instance (names -> classes: experiments.model_configs)
 clipping     gradient clipping relative to the running norm
+averaging    the parameters' moving average (ema_decay), which evaluation reads
 """
 
+from experiments.trainer.averaging import average_parameters, averaged_parameters
 from experiments.trainer.checkpoints import (
   Progress,
   checkpoint_manager,
@@ -41,6 +43,8 @@ __all__ = [
   "NonFiniteError",
   "Progress",
   "Runtime",
+  "average_parameters",
+  "averaged_parameters",
   "build_runtime",
   "check_batch",
   "check_config",

@@ -42,6 +42,8 @@ SOLVER_FIELDS = frozenset(f.name for f in dataclasses.fields(DEQSettings)) - {"p
 COMPUTATION_FIELDS = frozenset({"remat_attention", "attention_chunks"})
 # Top-level fields that shape the training state (memory rows, parameter and optimizer dtypes).
 TRAINING_STATE_FIELDS = ("batch_size", "dtype")
+# Fields whose being on or off (> 0) adds or removes optimizer state: their values may change on resume, not that.
+OPTIONAL_STATE_FIELDS = ("grad_clip_ratio", "ema_decay")
 
 
 def checkpoint_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
@@ -257,7 +259,7 @@ def _positive(value) -> bool:
 
 def _is_setting(path: str) -> bool:
   """Whether a field may change on resume without the checkpoint's state ceasing to fit."""
-  if path in ("model_name", "execution", *TRAINING_STATE_FIELDS) or path == "grad_clip_ratio":
+  if path in ("model_name", "execution", *TRAINING_STATE_FIELDS, *OPTIONAL_STATE_FIELDS):
     return False
   if path.startswith("model."):
     name = path.split(".", 1)[1]
@@ -270,7 +272,8 @@ def state_mismatches(saved: dict, now: dict, training: bool) -> list[tuple[str, 
 
   Training: the architecture (model_name, execution, every model field but the solver's settings
   and dropout), batch_size, dtype, and whether grad_clip_ratio is on (it adds optimizer state).
-  Evaluation: the architecture only, less model.mem_len (evaluation has eval_mem_len).
+  Evaluation: the architecture only, less model.mem_len (evaluation has eval_mem_len). Both: whether
+  ema_decay is on (it adds optimizer state, and evaluation reads the average it keeps).
   """
   return [d for d in _differences(saved, now) if _refused(*d, training)]
 
@@ -278,6 +281,8 @@ def state_mismatches(saved: dict, now: dict, training: bool) -> list[tuple[str, 
 def _refused(path: str, there, now, training: bool) -> bool:
   if path == "grad_clip_ratio":  # switching it on or off adds or removes optimizer state
     return training and _positive(there) != _positive(now)
+  if path == "ema_decay":  # the same, and evaluation would test other parameters than the run's
+    return _positive(there) != _positive(now)
   if _is_setting(path):
     return False
   return training or not (path in TRAINING_STATE_FIELDS or path == "model.mem_len")

@@ -160,4 +160,9 @@ def _cross_field_problems(config) -> list[str]:
       f"config.grad_clip_ratio={ratio}: must be 0 (off) or > 1 (a multiple of the running norm); got"
       f" grad_clip_ratio={ratio}, grad_clip_ratio_decay={config.grad_clip_ratio_decay}"
     )
+  if config.ema_decay > 0 and config.ema_from_step >= config.num_train_steps:
+    problems.append(
+      f"config.ema_from_step={config.ema_from_step} with config.num_train_steps={config.num_train_steps}: the"
+      " parameters' average would hold no update of the run; start it before the last step"
+    )
   return problems

@@ -18,6 +18,7 @@ import ml_collections
 from flax import nnx
 
 from experiments.model_configs import architecture
+from experiments.trainer.averaging import averaged_parameters
 from experiments.trainer.checkpoints import Progress, checkpoint_manager, restore_newest_valid, save_checkpoint
 from experiments.trainer.host_cpu import PROC_STAT, StealMeter
 from experiments.trainer.metrics import MetricsWriter, StepMetrics, evaluation_lines
@@ -168,10 +169,10 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
       # Validation every eval_every_steps; at the last step only when it selects the parameters to test
       # (otherwise the test follows at once).
       if (c.eval_every_steps and step % c.eval_every_steps == 0 and not last) or (last and selecting):
-        results = evaluate_task(rt, params, phase, final=False)
+        results = evaluate_task(rt, evaluated_parameters(params, opt_state), phase, final=False)
         writer.scalars(step, {**results, **_clocks(progress)})
         if selecting:
-          best_params = keep_if_best(rt, progress, results, params, best_params)
+          best_params = keep_if_best(rt, progress, results, evaluated_parameters(params, opt_state), best_params)
       if step % c.checkpoint_every_steps == 0 or last:
         save_checkpoint(manager, rt, progress, params, opt_state, memory, best_params)
       if sigterm.raised:
@@ -184,7 +185,7 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
       sigterm.interrupt()
       if sigterm.raised:  # arrived after the last step's check
         raise Terminated
-      tested, tested_step = parameters_to_test(rt, progress, params, best_params)
+      tested, tested_step = parameters_to_test(rt, progress, evaluated_parameters(params, opt_state), best_params)
       results = evaluate_task(rt, tested, phase_at(c, max(tested_step - 1, 0)), final=True)
       if selecting:
         results["test_params_step"] = tested_step
@@ -201,6 +202,13 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
   return results
 
 
+def evaluated_parameters(params, opt_state):
+  """The parameters that validation and the test read: the moving average the optimizer keeps when ema_decay > 0
+  (`averaging.average_parameters`), else `params`."""
+  average = averaged_parameters(opt_state)
+  return params if average is None else average
+
+
 def keep_if_best(rt: Runtime, progress: Progress, results: dict, params, best_params):
   """The parameters to keep for test_params="best_valid": a copy of `params` (of step `progress.step`) when their
   validation score `results[task.selection_name]` is the lowest so far (`progress` then records it), else
@@ -215,10 +223,12 @@ def keep_if_best(rt: Runtime, progress: Progress, results: dict, params, best_pa
 
 def parameters_to_test(rt: Runtime, progress: Progress, params, best_params) -> tuple:
   """(parameters to test, the step they are from): with test_params="best_valid" those that scored best on
-  validation (the last ones if no validation has run), else the last ones."""
+  validation (the last ones if no validation has run), else the last ones (`params`: with ema_decay > 0, the
+  parameters' average, as validation read them)."""
+  which = "the parameters' average" if rt.config.get("ema_decay", 0.0) > 0 else "the parameters"
   if rt.config.test_params == "best_valid" and best_params is not None:
     print(
-      f"Testing the parameters of step {progress.best_step}, the best on validation"
+      f"Testing {which} of step {progress.best_step}, the best on validation"
       f" ({rt.task.selection_name}={progress.best_valid:.6g}); the run ended at step {progress.step}.",
       flush=True,
     )
@@ -231,7 +241,8 @@ def parameters_to_test(rt: Runtime, progress: Progress, params, best_params) -> 
 def restore_trained(config: ml_collections.ConfigDict, workdir: str) -> tuple[Runtime, nnx.State, str]:
   """(runtime, the parameters to test from the workdir's latest checkpoint, the phase they were trained in last).
 
-  With test_params="best_valid", the parameters are those the run kept as best on validation."""
+  With test_params="best_valid", the parameters are those the run kept as best on validation; with ema_decay > 0,
+  the parameters' average (the run's validations read it too)."""
   rt, params = setup(config)
   opt_state = jax.eval_shape(rt.optimizer.init, params)
   opt_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rt.replicated), opt_state)
@@ -243,7 +254,8 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str) -> tuple[Ru
   restored = restore_newest_valid(manager, rt, params, opt_state, memory, training=False)
   if restored is None:
     raise FileNotFoundError(f"No readable checkpoint under {checkpoints}; train first (--mode=train).")
-  params, step = parameters_to_test(rt, restored.progress, restored.params, restored.best_params)
+  last = evaluated_parameters(restored.params, restored.opt_state)
+  params, step = parameters_to_test(rt, restored.progress, last, restored.best_params)
   phase = phase_at(rt.config, max(step - 1, 0))
   print(f"Checkpoint of step {restored.progress.step}: testing step {step}'s parameters, phase {phase!r}.", flush=True)
   return rt, params, phase

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.trainer.averaging import average_parameters
 from experiments.trainer.clipping import clip_relative_to_running_norm
 
 PHASES = ("pretrain", "deq", "layers")
@@ -20,11 +21,15 @@ PHASES = ("pretrain", "deq", "layers")
 
 def make_optimizer(config) -> optax.GradientTransformation:
   """AdamW after global-norm clipping (fixed, then relative to the running norm when grad_clip_ratio > 0),
-  its learning rate `learning_rate_schedule(config)`."""
+  its learning rate `learning_rate_schedule(config)`; with ema_decay > 0, followed by the parameters' moving
+  average (`averaging.average_parameters`), which evaluation then reads."""
   clips = [optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity()]
   if config.grad_clip_ratio > 0:  # only then: checkpoints of runs without it keep their state's structure
     clips.append(clip_relative_to_running_norm(config.grad_clip_ratio, config.grad_clip_ratio_decay))
-  return optax.chain(*clips, optax.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay))
+  adamw = optax.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay)
+  if config.get("ema_decay", 0.0) > 0:  # the same: only then
+    return optax.chain(*clips, adamw, average_parameters(config.ema_decay, config.get("ema_from_step", 0)))
+  return optax.chain(*clips, adamw)
 
 
 def learning_rate_schedule(config) -> optax.Schedule:

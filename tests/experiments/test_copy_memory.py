@@ -336,3 +336,58 @@ def test_best_valid_tests_the_parameters_that_scored_best_on_validation(tmp_path
   config.data.valid_seed = config.data.heldout_seed
   with pytest.raises(trainer.ConfigError, match=r"config.data.valid_seed=1234 equals config.data.heldout_seed"):
     trainer.check_config(config)
+
+
+def test_ema_validates_and_tests_the_average_of_the_parameters_each_step_produced(tmp_path):
+  fields = dict(
+    learning_rate=0.3, warmup_steps=0, lr_decay_steps=10_000, num_train_steps=8, eval_every_steps=2,
+    checkpoint_every_steps=1, keep_checkpoints=10, ema_decay=0.5, ema_from_step=4,
+  )  # fmt: skip
+  config = smoke_config("gru", **fields)
+  workdir = str(tmp_path / "ema")
+  result = trainer.train_and_evaluate(config, workdir)
+  rt, params = trainer.setup(config)
+  manager = trainer.checkpoint_manager(workdir, 10, create=False)
+  memory = trainer.init_memory(rt, params, config.batch_size)
+  restored = {
+    s: trainer.restore_checkpoint(manager, rt, params, rt.optimizer.init(params), memory, s) for s in range(4, 9)
+  }
+  p = {s: restored[s].params for s in restored}
+  # from_step 4: the average restarts at every update up to the 4th, then a_k = 0.5 a_(k-1) + 0.5 p_k, so
+  # a_8 = 0.5^4 p_4 + 0.5 (0.5^3 p_5 + 0.5^2 p_6 + 0.5 p_7 + p_8).
+  expected = jax.tree.map(
+    lambda p4, p5, p6, p7, p8: 0.5**4 * p4 + 0.5 * (0.5**3 * p5 + 0.5**2 * p6 + 0.5 * p7 + p8), *(p[s] for s in p)
+  )
+  average = trainer.averaged_parameters(restored[8].opt_state)
+  for got, want in zip(jax.tree.leaves(average), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+  assert same(trainer.averaged_parameters(restored[4].opt_state), p[4])  # a_4 = p_4
+  # Validation read the average (step 4: p_4 itself; step 6: a_6); the test too (a_8), not the last parameters.
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  valid = {r["step"]: r["heldout_loss"] for r in records if "heldout_loss" in r}
+  assert sorted(valid) == [2, 4, 6]
+  assert valid[4] == trainer.evaluate_task(rt, p[4], "layers", final=False)["heldout_loss"]
+  a_6 = trainer.averaged_parameters(restored[6].opt_state)
+  assert valid[6] == trainer.evaluate_task(rt, a_6, "layers", final=False)["heldout_loss"]
+  assert valid[6] != trainer.evaluate_task(rt, p[6], "layers", final=False)["heldout_loss"]
+  assert result["test_loss"] == trainer.evaluate_task(rt, average, "layers", final=True)["test_loss"]
+  np.testing.assert_allclose(
+    result["test_loss"], trainer.evaluate_task(rt, expected, "layers", final=True)["test_loss"], rtol=1e-5
+  )
+  last = trainer.evaluate_task(rt, p[8], "layers", final=True)["test_loss"]
+  assert abs(last - result["test_loss"]) > 1e-3 * result["test_loss"], (last, result["test_loss"])
+  # --mode=eval tests the average again; a run stopped at step 6 and resumed ends the same.
+  assert trainer.evaluate(config, workdir)["test_loss"] == result["test_loss"]
+  short = smoke_config("gru", **{**fields, "num_train_steps": 6})
+  trainer.train_and_evaluate(short, str(tmp_path / "resumed"))
+  assert trainer.train_and_evaluate(config, str(tmp_path / "resumed")) == result
+  # Switching the average off (or on) over a checkpoint is refused, to train or to test.
+  off = smoke_config("gru", **{**fields, "ema_decay": 0.0})
+  for run in (trainer.train_and_evaluate, trainer.evaluate):
+    with pytest.raises(ValueError, match=r"config.ema_decay: 0.5 in the checkpoint, 0.0 now"):
+      run(off, workdir)
+  # An average that would start after the last step.
+  late = smoke_config("gru", **{**fields, "ema_from_step": 8})
+  with pytest.raises(trainer.ConfigError, match=r"config.ema_from_step=8 with config.num_train_steps=8"):
+    trainer.check_config(late)
