@@ -42,8 +42,6 @@ SOLVER_FIELDS = frozenset(f.name for f in dataclasses.fields(DEQSettings)) - {"p
 COMPUTATION_FIELDS = frozenset({"remat_attention", "attention_chunks"})
 # Top-level fields that shape the training state (memory rows, parameter and optimizer dtypes).
 TRAINING_STATE_FIELDS = ("batch_size", "dtype")
-# Fields whose being on or off (> 0) adds or removes optimizer state: their values may change on resume, not that.
-OPTIONAL_STATE_FIELDS = ("grad_clip_ratio", "ema_decay")
 
 
 def checkpoint_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
@@ -158,7 +156,7 @@ def restore_checkpoint(
         + "\n".join(f"  config.{path}: {there!r} in the checkpoint, {now!r} now" for path, there, now in differing)
         + "\nUse the checkpoint's values, or another --workdir."
       )
-    changed = [f"{p} {a!r} -> {b!r}" for p, a, b in differences if _is_setting(p)]
+    changed = [f"{p} {a!r} -> {b!r}" for p, a, b in differences]  # all allowed: the refused ones raised above
     if changed and training:
       print(f"Resuming with changed settings: {', '.join(changed)}.", flush=True)
   then, now = meta.get("platform"), platform()  # checkpoints written before it was recorded have none
@@ -259,7 +257,7 @@ def _positive(value) -> bool:
 
 def _is_setting(path: str) -> bool:
   """Whether a field may change on resume without the checkpoint's state ceasing to fit."""
-  if path in ("model_name", "execution", *TRAINING_STATE_FIELDS, *OPTIONAL_STATE_FIELDS):
+  if path in ("model_name", "execution", *TRAINING_STATE_FIELDS):
     return False
   if path.startswith("model."):
     name = path.split(".", 1)[1]
