@@ -169,10 +169,11 @@ def _train_and_evaluate(rt: Runtime, params, workdir: str) -> dict | None:
       # Validation every eval_every_steps; at the last step only when it selects the parameters to test
       # (otherwise the test follows at once).
       if (c.eval_every_steps and step % c.eval_every_steps == 0 and not last) or (last and selecting):
-        results = evaluate_task(rt, evaluated_parameters(params, opt_state), phase, final=False)
+        evaluated = evaluated_parameters(params, opt_state)
+        results = evaluate_task(rt, evaluated, phase, final=False)
         writer.scalars(step, {**results, **_clocks(progress)})
         if selecting:
-          best_params = keep_if_best(rt, progress, results, evaluated_parameters(params, opt_state), best_params)
+          best_params = keep_if_best(rt, progress, results, evaluated, best_params)
       if step % c.checkpoint_every_steps == 0 or last:
         save_checkpoint(manager, rt, progress, params, opt_state, memory, best_params)
       if sigterm.raised:
