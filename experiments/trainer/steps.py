@@ -177,6 +177,15 @@ def eval_step(rt: Runtime, phase: str, params, memory, tokens, targets, **solver
   return sums, out.memory
 
 
+def evaluation_solver(rt: Runtime, phase: str, solver: dict) -> dict:
+  """The `fixed_point` overrides an evaluation in `phase` runs with: `solver`, and for a DEQ phase the config's
+  `eval_max_iter` (when set) as the cap unless `solver` names one."""
+  eval_max_iter = rt.config.get("eval_max_iter", 0)
+  if phase == "deq" and eval_max_iter and "max_iter" not in solver:
+    return {**solver, "max_iter": eval_max_iter}
+  return solver
+
+
 def evaluate_task(rt: Runtime, params, phase: str, final: bool, eval_set=None, **solver) -> dict:
   """The task's named results on its validation (`final` False) or test set, in phase `phase`, and for a DEQ
   phase how its forward solves ended (`solve_results`: the figures' residuals).
@@ -185,9 +194,7 @@ def evaluate_task(rt: Runtime, params, phase: str, final: bool, eval_set=None, *
   overriding the config's for DEQ models (e.g. max_iter=8; the config's `eval_max_iter`, when set, is
   the cap otherwise). Sums are added up in float64 on the host.
   """
-  eval_max_iter = rt.config.get("eval_max_iter", 0)
-  if phase == "deq" and eval_max_iter and "max_iter" not in solver:
-    solver = {**solver, "max_iter": eval_max_iter}
+  solver = evaluation_solver(rt, phase, solver)
   eval_set = rt.task.eval_set(final) if eval_set is None else eval_set
   eval_rt = eval_runtime(rt) if eval_set.carry_memory else rt
   name = ("eval", phase, eval_set.carry_memory, *sorted(solver.items()))

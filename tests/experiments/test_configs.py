@@ -162,5 +162,6 @@ def test_every_experiments_module_imports_alongside_the_others():
   defining = [name for name in flags.FLAGS.flags_by_module_dict() if "experiments" in name]
   assert defining == []
   expected = ["main", "count_params", "bench_solvers", "analysis.wikitext2_table", "analysis.copy_memory_table"]
+  expected += ["analysis.copy_memory_errors"]
   expected += ["analysis.solver_analysis", "analysis.memory_table", "benchmarks.synthetic", "tools.import_reference"]
   assert {f"experiments.{name}" for name in expected} <= set(scripts)

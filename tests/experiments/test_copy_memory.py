@@ -5,9 +5,11 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -26,6 +28,10 @@ F64 = jnp.float64
 
 def load(row):
   return load_config("copy_memory", row)
+
+
+def load_path(row="deq_transformer"):
+  return f"experiments/configs/copy_memory/{row}.py"
 
 
 @pytest.mark.parametrize("T", [1, 5, 400])
@@ -177,9 +183,24 @@ def smoke_config(row, **overrides):
   return config
 
 
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """row -> (workdir, results) of its smoke config's run, made once per module (the tests only read it)."""
+  runs = {}
+
+  def run(row):
+    if row not in runs:
+      workdir = tmp_path_factory.mktemp(f"smoke_{row}")
+      runs[row] = workdir, trainer.train_and_evaluate(smoke_config(row), str(workdir))
+    return runs[row]
+
+  return run
+
+
 @pytest.mark.parametrize("row", ROWS)
-def test_each_config_trains_a_few_steps(row, tmp_path):
-  result = trainer.train_and_evaluate(smoke_config(row), str(tmp_path))["test_loss"]
+def test_each_config_trains_a_few_steps(row, smoke_run):
+  tmp_path, results = smoke_run(row)
+  result = results["test_loss"]
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   train_records = [r for r in records if "loss" in r]
   assert len(train_records) == 2 and all(np.isfinite(r["loss"]) for r in train_records)
@@ -391,3 +412,79 @@ def test_ema_validates_and_tests_the_average_of_the_parameters_each_step_produce
   late = smoke_config("gru", **{**fields, "ema_from_step": 8})
   with pytest.raises(trainer.ConfigError, match=r"config.ema_from_step=8 with config.num_train_steps=8"):
     trainer.check_config(late)
+
+
+def test_error_breakdown_accounts_for_the_test_figures_sequence_by_sequence(smoke_run):
+  from experiments.analysis import copy_memory_errors as errors
+
+  config = smoke_config("deq_transformer")
+  workdir, results = smoke_run("deq_transformer")
+  rt, params, phase = trainer.restore_trained(config, str(workdir))
+  b = errors.sequence_breakdown(rt, params, phase)
+  s = errors.summarize(b)
+  n, length = config.data.heldout_size, copy_memory.sequence_length(config.data.T)
+  assert b.nll.shape == (n, length) and b.digits.shape == b.recalled.shape == b.converged.shape[:1] + (10,)
+  # The rows are the held-out sequences in order: their digits are the test set's.
+  inputs, targets = copy_memory.heldout_set(config.data.heldout_seed, n, config.data.T)
+  np.testing.assert_array_equal(b.digits, inputs[:, :10])
+  # Summed back up, the rows give the test's own figures.
+  assert s["loss"] == pytest.approx(results["test_loss"], rel=1e-5)
+  assert np.mean(s["recall_position_loss"]) == pytest.approx(results["test_recall_loss"], rel=1e-5)
+  assert s["wrong_digits"] == round((1 - results["test_digit_accuracy"]) * n * 10)
+  assert s["converged"] == pytest.approx(results["test_f_converged"], abs=1e-9)
+  assert s["rel_residual_max"] == pytest.approx(results["test_f_residual_max"], rel=1e-6)
+  # The last 4 sequences of the second evaluation batch (one per device), through the model apart: the same rows.
+  rows = slice(n - 4, n)
+  out = trainer.model_forward(
+    rt, params, inputs[rows], targets[rows], trainer.init_memory(rt, params, 4), key=None, phase=phase,
+    max_iter=config.eval_max_iter or config.model.max_iter,
+  )  # fmt: skip
+  np.testing.assert_allclose(b.nll[rows], np.asarray(out.nll, np.float64), rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(b.recalled[rows], np.argmax(out.logits[:, -10:], axis=-1))
+  # The command prints the same report; a workdir without checkpoints is a one-line error.
+  flags = [f"--config.{k}={v}" for k, v in SMOKE.items()] + ["--config.data.T=20", "--config.data.heldout_size=16"]
+  flags += ["--config.pretrain_steps=3", "--config.model.max_iter=6", "--config.model.backward_max_iter=6"]
+  command = [sys.executable, "-m", "experiments.analysis.copy_memory_errors", f"--config={load_path()}", *flags]
+  out = subprocess.run([*command, f"--workdir={workdir}", "--worst=3"], capture_output=True, text=True, check=True)
+  assert out.stdout.strip().endswith("\n" + errors.report(b, s, worst=3, split="test"))  # after restore's line
+  missing = subprocess.run([*command, f"--workdir={workdir / 'none'}"], capture_output=True, text=True)
+  assert missing.returncode == 1 and "No checkpoints under --workdir=" in missing.stderr
+  # Not a copy-memory run: refused, naming the task.
+  wikitext = ml_collections.ConfigDict({"task": "wikitext103"})
+  with pytest.raises(ValueError, match=r"config.task='wikitext103'"):
+    errors.sequence_breakdown(types.SimpleNamespace(config=wikitext), params, phase)
+
+
+def test_error_summary_and_report_on_a_breakdown_of_known_figures():
+  from experiments.analysis import copy_memory_errors as errors
+
+  # 4 sequences of 12 positions; sequence 2 recalls its first digit wrong (4 nats), sequence 0 its last two
+  # (1 nat each), sequence 1 is unsure but right (0.5 nats), sequence 3 is perfect.
+  nll = np.zeros((4, 12))
+  nll[2, 2], nll[0, -2:], nll[1, :2] = 4.0, 1.0, 0.25  # positions 2-11 are the recall
+  digits = np.arange(1, 41).reshape(4, 10) % 8 + 1
+  recalled = digits.copy()
+  recalled[2, 0], recalled[0, -2:] = 0, [0, 0]
+  b = errors.Breakdown(nll, digits, recalled, np.array([1e-4, 2e-4, 9e-4, 5e-4]), np.array([True, True, False, True]))
+  s = errors.summarize(b)
+  assert s["loss"] == pytest.approx(6.5 / 48)
+  assert s["share_of_worst"] == pytest.approx({1: 4 / 6.5, 3: 1.0}) and 10 not in s["share_of_worst"]
+  np.testing.assert_allclose(s["recall_position_loss"], [4 / 4] + [0] * 7 + [1 / 4, 1 / 4])
+  assert s["other_positions_loss"] == pytest.approx(0.5 / 8)
+  assert s["wrong"] == [2, 0] and s["wrong_digits"] == 3
+  assert s["loss_without_wrong"] == pytest.approx(0.5 / 24)
+  assert s["converged"] == 0.75 and s["rel_residual_max"] == 9e-4
+  text = errors.report(b, s, worst=1, split="test")
+  assert "loss 0.1354 over 4 sequences of 12 positions; forward solves converged on 75.00%" in text
+  assert "share of the loss in the worst sequences: 1: 61.5%, 3: 100.0%" in text
+  assert "wrong digits: 3, in 2 sequences; the loss without those sequences: 0.02083" in text
+  assert "sequence 2: 4 nats, solve's relative residual 0.0009; digits [6, 7, 8, 1," in text
+  assert "(wrong at position 1)" in text and "sequence 0:" not in text and "... and 1 more (--worst)" in text
+  assert "(wrong at position 9, 10)" in errors.report(b, s, worst=2, split="test")
+  # Every sequence wrong: nothing left to average, and said so (a model without solves: no solve figures).
+  b = b._replace(recalled=np.zeros_like(digits), rel_residual=None, converged=None)
+  s = errors.summarize(b)
+  assert s["wrong"] == [2, 0, 1, 3] and s["wrong_digits"] == 40 and np.isnan(s["loss_without_wrong"])
+  text = errors.report(b, s, worst=4, split="valid")
+  assert text.startswith("valid: loss 0.1354 over 4 sequences of 12 positions\n") and "residual" not in text
+  assert "wrong digits: 40, in 4 sequences; every sequence has one" in text
