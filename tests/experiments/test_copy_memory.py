@@ -30,10 +30,6 @@ def load(row):
   return load_config("copy_memory", row)
 
 
-def load_path(row="deq_transformer"):
-  return f"experiments/configs/copy_memory/{row}.py"
-
-
 @pytest.mark.parametrize("T", [1, 5, 400])
 def test_sequences_have_the_task_layout(T):
   inputs, targets = copy_memory.train_batch(seed=3, step=7, batch=64, T=T)
@@ -173,6 +169,14 @@ def test_bad_model_configs_fail_clearly():
 SMOKE = dict(batch_size=8, eval_batch_size=8, num_train_steps=6, log_every_steps=3, eval_every_steps=3)
 
 
+def smoke_flags(row):
+  """`smoke_config(row)` as command-line overrides of the row's config file."""
+  flags = [f"--config.{k}={v}" for k, v in SMOKE.items()] + ["--config.data.T=20", "--config.data.heldout_size=16"]
+  if row == "deq_transformer":
+    flags += ["--config.pretrain_steps=3", "--config.model.max_iter=6", "--config.model.backward_max_iter=6"]
+  return flags
+
+
 def smoke_config(row, **overrides):
   config = load(row)
   config.update({**SMOKE, **overrides})
@@ -199,9 +203,9 @@ def smoke_run(tmp_path_factory):
 
 @pytest.mark.parametrize("row", ROWS)
 def test_each_config_trains_a_few_steps(row, smoke_run):
-  tmp_path, results = smoke_run(row)
+  workdir, results = smoke_run(row)
   result = results["test_loss"]
-  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   train_records = [r for r in records if "loss" in r]
   assert len(train_records) == 2 and all(np.isfinite(r["loss"]) for r in train_records)
   held = [r for r in records if "heldout_loss" in r]
@@ -214,13 +218,14 @@ def test_each_config_trains_a_few_steps(row, smoke_run):
   changed = smoke_config(row)
   changed.data.T = 21
   with pytest.raises(ValueError, match="was trained on .*'T': 20"):
-    trainer.evaluate(changed, str(tmp_path))
+    trainer.evaluate(changed, str(workdir))
 
 
 def test_main_prints_the_test_loss_and_rejects_a_wrong_vocabulary(tmp_path):
-  flags = [f"--config.{k}={v}" for k, v in SMOKE.items()] + ["--config.data.T=20", "--config.data.heldout_size=16"]
   command = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/copy_memory/gru.py"]
-  out = subprocess.run([*command, f"--workdir={tmp_path}", *flags], capture_output=True, text=True, check=True).stdout
+  out = subprocess.run(
+    [*command, f"--workdir={tmp_path}", *smoke_flags("gru")], capture_output=True, text=True, check=True
+  ).stdout
   name, value = out.strip().splitlines()[-1].split("=")
   assert name == "test_loss" and 0 < float(value) < 10  # a plain float, not a numpy repr
   bad = smoke_config("gru")
@@ -423,7 +428,8 @@ def test_error_breakdown_accounts_for_the_test_figures_sequence_by_sequence(smok
   b = errors.sequence_breakdown(rt, params, phase)
   s = errors.summarize(b)
   n, length = config.data.heldout_size, copy_memory.sequence_length(config.data.T)
-  assert b.nll.shape == (n, length) and b.digits.shape == b.recalled.shape == b.converged.shape[:1] + (10,)
+  assert b.nll.shape == (n, length) and b.digits.shape == b.recalled.shape == (n, 10)
+  assert b.converged.shape == b.rel_residual.shape == (n,)
   # The rows are the held-out sequences in order: their digits are the test set's.
   inputs, targets = copy_memory.heldout_set(config.data.heldout_seed, n, config.data.T)
   np.testing.assert_array_equal(b.digits, inputs[:, :10])
@@ -442,9 +448,8 @@ def test_error_breakdown_accounts_for_the_test_figures_sequence_by_sequence(smok
   np.testing.assert_allclose(b.nll[rows], np.asarray(out.nll, np.float64), rtol=1e-4, atol=1e-6)
   np.testing.assert_array_equal(b.recalled[rows], np.argmax(out.logits[:, -10:], axis=-1))
   # The command prints the same report; a workdir without checkpoints is a one-line error.
-  flags = [f"--config.{k}={v}" for k, v in SMOKE.items()] + ["--config.data.T=20", "--config.data.heldout_size=16"]
-  flags += ["--config.pretrain_steps=3", "--config.model.max_iter=6", "--config.model.backward_max_iter=6"]
-  command = [sys.executable, "-m", "experiments.analysis.copy_memory_errors", f"--config={load_path()}", *flags]
+  script, config_file = "experiments.analysis.copy_memory_errors", "experiments/configs/copy_memory/deq_transformer.py"
+  command = [sys.executable, "-m", script, f"--config={config_file}", *smoke_flags("deq_transformer")]
   out = subprocess.run([*command, f"--workdir={workdir}", "--worst=3"], capture_output=True, text=True, check=True)
   assert out.stdout.strip().endswith("\n" + errors.report(b, s, worst=3, split="test"))  # after restore's line
   missing = subprocess.run([*command, f"--workdir={workdir / 'none'}"], capture_output=True, text=True)
