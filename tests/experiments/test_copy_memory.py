@@ -209,8 +209,14 @@ def test_each_config_trains_a_few_steps(row, smoke_run):
   train_records = [r for r in records if "loss" in r]
   assert len(train_records) == 2 and all(np.isfinite(r["loss"]) for r in train_records)
   held = [r for r in records if "heldout_loss" in r]
-  assert len(held) == 1 and 0 <= held[0]["digit_accuracy"] <= 1
+  # Validation every 3 steps, and at the last step too where the config tests its best validated parameters.
+  selecting = smoke_config(row).test_params == "best_valid"
+  assert [r["step"] for r in held] == ([3, 6] if selecting else [3])
+  assert all(0 <= r["digit_accuracy"] <= 1 for r in held)
   assert records[-1]["test_loss"] == result and 0 < result < math.log(10) + 0.5
+  if selecting:  # the parameters tested are those of the validation with the lowest loss
+    best = min(held, key=lambda r: r["heldout_loss"])
+    assert records[-1]["test_params_step"] == best["step"]
   if row == "deq_transformer":
     assert train_records[0]["phase"] == "pretrain" and train_records[1]["phase"] == "deq"
     assert train_records[1]["f_steps"] >= 1 and train_records[1]["b_steps"] >= 1
