@@ -64,11 +64,11 @@ def row_summary(run: dict, target: float) -> dict:
 
 
 def _test_solves(run: dict) -> str:
-  """How the DEQ test's own forward solves ended, '92% (3.0e-03)': the share converged and the largest relative
+  """How the DEQ test's own forward solves ended, '92% (3.000e-03)': the share converged and the largest relative
   residual; 'not logged' for a DEQ run whose log predates them, '' for a model without solves."""
   test = run["test"] or {}
   if "test_f_converged" in test:
-    return f"{100 * test['test_f_converged']:.3g}% ({test['test_f_residual_max']:.1e})"
+    return f"{100 * test['test_f_converged']:.3g}% ({test['test_f_residual_max']:.3e})"
   return "not logged" if any("f_steps" in record for record in run["train"]) else ""
 
 

@@ -286,7 +286,7 @@ def test_table_reports_the_test_solves(tmp_path):
   with open(tmp_path / "new" / "metrics.jsonl", "a") as f:  # the final record, as a run logs it since cf7494a
     f.write("\n" + json.dumps({"step": 500, "test_loss": 5e-5, "test_f_converged": 0.92, "test_f_residual_max": 3e-3}))
   line = lambda path: copy_memory_table.table_line("| DEQ |", copy_memory_table.read_run(str(path)), "3.5e-06", 1e-4)
-  assert line(tmp_path / "new").endswith("| step 500, 0.33 h | 92% (3.0e-03) |")
+  assert line(tmp_path / "new").endswith("| step 500, 0.33 h | 92% (3.000e-03) |")
   assert line(tmp_path / "old").endswith("| step 500, 0.33 h | not logged |")
   # A run that tested the parameters best on validation (test_params="best_valid") names their step.
   write_run(tmp_path / "best", evals, 5e-5)
